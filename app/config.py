@@ -1,0 +1,37 @@
+"""Settings: the one place that reads the environment."""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="DISTILLERY_", extra="ignore")
+
+    # The embedded default: one command, no servers. Production sets Postgres + Redis here.
+    database_url: str = "sqlite:///./var/distillery.db"
+    broker_url: str = "sqla+sqlite:///./var/broker.db"
+    storage_dir: Path = Path("./var/storage")
+    model_dir: Path = Path("./var/models")
+
+    queue_name: str = "distill"
+    # A queued message older than this is dropped by the worker; the job row stays the truth.
+    enqueue_expiry_seconds: int = Field(default=7 * 24 * 3600, gt=0)
+    task_time_limit_seconds: int = Field(default=48 * 3600, gt=0)
+
+    max_dataset_bytes: int = Field(default=200 * 1024 * 1024, gt=0)
+    max_model_bytes: int = Field(default=2 * 1024 * 1024 * 1024, gt=0)
+    # Uncompressed size cap for an uploaded model archive (zip-bomb guard).
+    max_model_unpacked_bytes: int = Field(default=4 * 1024 * 1024 * 1024, gt=0)
+    max_archive_members: int = Field(default=200, gt=0)
+
+    default_tenant: str = "default"
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    return Settings()

@@ -1,0 +1,42 @@
+from __future__ import annotations
+
+from fastapi import APIRouter, File, UploadFile, status
+
+from app.config import get_settings
+from app.datasets import service
+from app.datasets.schemas import DatasetPublic
+from app.db import SessionDep
+from app.deps import TenantDep
+from app.pagination import AfterQuery, LimitQuery, Page
+from app.storage import get_storage
+from app.uploads import spool
+
+router = APIRouter(prefix="/v1/datasets", tags=["datasets"])
+
+
+@router.post("", status_code=status.HTTP_201_CREATED, response_model=DatasetPublic)
+async def upload_dataset(session: SessionDep, tenant: TenantDep,
+                         file: UploadFile = File(description="JSONL or CSV with text, "
+                                                 "optional text_pair, label")) -> DatasetPublic:
+    upload = await spool(file, max_bytes=get_settings().max_dataset_bytes)
+    try:
+        dataset = service.create_dataset(session, storage=get_storage(), tenant_id=tenant,
+                                         upload=upload)
+    finally:
+        upload.discard()
+    session.commit()
+    return DatasetPublic.model_validate(dataset)
+
+
+@router.get("", response_model=Page[DatasetPublic])
+def list_datasets(session: SessionDep, tenant: TenantDep, limit: LimitQuery = 20,
+                  after: AfterQuery = None) -> Page[DatasetPublic]:
+    rows, has_more = service.list_datasets(session, tenant_id=tenant, limit=limit, after=after)
+    data = [DatasetPublic.model_validate(r) for r in rows]
+    return Page(data=data, has_more=has_more, next_cursor=data[-1].id if has_more else None)
+
+
+@router.get("/{dataset_id}", response_model=DatasetPublic)
+def get_dataset(dataset_id: str, session: SessionDep, tenant: TenantDep) -> DatasetPublic:
+    return DatasetPublic.model_validate(
+        service.get_dataset(session, tenant_id=tenant, dataset_id=dataset_id))

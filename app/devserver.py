@@ -1,0 +1,71 @@
+"""`make run`: the API on 127.0.0.1:8000 plus one supervised worker, on the embedded default."""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import subprocess
+import sys
+import threading
+from pathlib import Path
+
+import uvicorn
+
+from app.config import get_settings
+
+log = logging.getLogger("distillery.devserver")
+
+
+def worker_command() -> list[str]:
+    settings = get_settings()
+    return [sys.executable, "-m", "celery", "-A", "workers.celery_app", "worker",
+            "--pool", "solo", "--concurrency", "1", "-Q", settings.queue_name,
+            "--loglevel", "INFO", "--hostname", f"local-worker@{os.uname().nodename}"]
+
+
+class Supervisor:
+    """Keeps one worker process alive, as a process manager would in production."""
+
+    def __init__(self) -> None:
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.stopping = threading.Event()
+
+    def start(self) -> None:
+        threading.Thread(target=self._loop, name="worker-supervisor", daemon=True).start()
+
+    def _loop(self) -> None:
+        while not self.stopping.is_set():
+            self.proc = subprocess.Popen(worker_command())
+            code = self.proc.wait()
+            if not self.stopping.is_set():
+                log.warning("worker exited with %s; starting a new one", code)
+                self.stopping.wait(1.0)  # back off so a crash loop doesn't spin
+
+    def stop(self) -> None:
+        self.stopping.set()
+        if self.proc and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+
+
+def main() -> None:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    settings = get_settings()
+    for path in (settings.storage_dir, settings.model_dir):
+        Path(path).mkdir(parents=True, exist_ok=True)
+    supervisor = Supervisor()
+    supervisor.start()
+    print(f"Distillery API on http://127.0.0.1:8000 (docs: /docs); database {settings.database_url}",
+          flush=True)
+    try:
+        uvicorn.run("app.main:create_app", factory=True, host="127.0.0.1", port=8000)
+    finally:
+        supervisor.stop()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,67 @@
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import select, update
+from sqlalchemy.orm import Session
+
+from app.db import utcnow
+from app.jobs.models import Job, JobEvent, JobStatus
+
+
+def add(session: Session, job: Job) -> Job:
+    session.add(job)
+    session.flush()
+    return job
+
+
+def get(session: Session, *, tenant_id: str, job_id: str) -> Job | None:
+    return session.scalar(select(Job).where(Job.id == job_id, Job.tenant_id == tenant_id))
+
+
+def get_by_id(session: Session, job_id: str) -> Job | None:
+    """Worker-side read: the task carries only the id."""
+    return session.get(Job, job_id, populate_existing=True)
+
+
+def page(session: Session, *, tenant_id: str, limit: int, after: str | None,
+         status: str | None, created_after: datetime | None) -> Sequence[Job]:
+    query = select(Job).where(Job.tenant_id == tenant_id)
+    if after is not None:
+        query = query.where(Job.id < after)
+    if status is not None:
+        query = query.where(Job.status == status)
+    if created_after is not None:
+        query = query.where(Job.created_at > created_after)
+    return session.scalars(query.order_by(Job.id.desc()).limit(limit + 1)).all()
+
+
+def transition(session: Session, job_id: str, *, from_status: str | set[str], to_status: str,
+               **values: Any) -> bool:
+    """Compare-and-set on status: True only for the one caller whose guard matched."""
+    allowed = {from_status} if isinstance(from_status, str) else from_status
+    result = session.execute(
+        update(Job).where(Job.id == job_id, Job.status.in_(allowed))
+        .values(status=to_status, **values).execution_options(synchronize_session=False)
+    )
+    return bool(result.rowcount)  # type: ignore[attr-defined]
+
+
+def update_running(session: Session, job_id: str, **values: Any) -> bool:
+    result = session.execute(
+        update(Job).where(Job.id == job_id, Job.status == JobStatus.running)
+        .values(heartbeat_at=utcnow(), **values).execution_options(synchronize_session=False)
+    )
+    return bool(result.rowcount)  # type: ignore[attr-defined]
+
+
+def cancel_requested(session: Session, job_id: str) -> bool:
+    return bool(session.scalar(select(Job.cancel_requested).where(Job.id == job_id)))
+
+
+def add_event(session: Session, *, job_id: str, tenant_id: str, type: str, message: str,
+              data: dict[str, Any], level: str = "info") -> None:
+    session.add(JobEvent(job_id=job_id, tenant_id=tenant_id, type=type, message=message,
+                         data=data, level=level))

@@ -1,0 +1,152 @@
+"""Job creation, reads and cancellation; state changes are compare-and-set on status."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import datetime
+
+from pydantic import ValidationError
+from sqlalchemy.orm import Session
+
+from app.config import Settings
+from app.datasets.models import Dataset
+from app.datasets.service import get_dataset
+from app.db import utcnow
+from app.errors import AppError, field_from_loc
+from app.ids import new_id
+from app.jobs import repository
+from app.jobs.models import Job, JobStatus
+from app.jobs.schemas import JobCreate, JobError, JobPublic, Progress
+from app.models import catalog
+from app.models import repository as models_repository
+from workers.distill.config import DistillConfig
+
+TASK_FOR_LABELS = {"categorical": "classification", "numeric": "regression", "none": "general"}
+LABELS_FOR_TASK = {"classification": {"categorical"}, "regression": {"numeric"},
+                   "general": {"categorical", "numeric", "none"}}
+
+
+def _teacher_source(session: Session, *, settings: Settings, tenant_id: str, teacher: str) -> str:
+    if teacher.startswith("mdl_"):
+        if models_repository.get(session, tenant_id=tenant_id, model_id=teacher) is None:
+            raise AppError("teacher_not_found", f"no uploaded model '{teacher}'", 404,
+                           field="teacher")
+        return "upload"
+    if catalog.resolve(teacher, settings.model_dir) is not None:
+        return "catalog"
+    if catalog.HUB_ID.match(teacher):
+        return "hub"  # loaded by the worker with from_pretrained; fails there if unreachable
+    raise AppError("teacher_not_found", f"'{teacher}' is neither an uploaded model, a catalog "
+                   "name nor a Hugging Face model id", 422, field="teacher")
+
+
+def _check_datasets(task: str, train: Dataset, validation: Dataset | None) -> None:
+    if train.label_type not in LABELS_FOR_TASK[task]:
+        raise AppError("dataset_incompatible", f"task '{task}' needs "
+                       f"{' or '.join(sorted(LABELS_FOR_TASK[task]))} labels; dataset "
+                       f"'{train.id}' has {train.label_type} labels", 422, field="dataset")
+    if validation is None or task == "general":
+        return
+    if validation.label_type != train.label_type:
+        raise AppError("dataset_incompatible", "the validation dataset's labels are "
+                       f"{validation.label_type}, the training dataset's {train.label_type}",
+                       422, field="validation_dataset")
+    unknown = sorted(set(validation.labels) - set(train.labels))
+    if unknown:
+        raise AppError("dataset_incompatible", f"validation labels {unknown} never occur in "
+                       "the training dataset", 422, field="validation_dataset")
+
+
+def create_job(session: Session, *, settings: Settings, tenant_id: str,
+               request: JobCreate) -> Job:
+    train = get_dataset(session, tenant_id=tenant_id, dataset_id=request.dataset, field="dataset")
+    validation = None
+    if request.validation_dataset is not None:
+        validation = get_dataset(session, tenant_id=tenant_id,
+                                 dataset_id=request.validation_dataset,
+                                 field="validation_dataset")
+    source = _teacher_source(session, settings=settings, tenant_id=tenant_id,
+                             teacher=request.teacher)
+    task = request.task or TASK_FOR_LABELS[train.label_type]
+    _check_datasets(task, train, validation)
+    try:
+        config = DistillConfig(
+            task=task, student=request.student, hyperparameters=request.hyperparameters,
+            distillation=request.distillation, seed=request.seed,
+        ).resolved(num_train_examples=train.num_rows)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        raise AppError("invalid_request", first.get("msg", "invalid configuration"), 422,
+                       field=field_from_loc(first.get("loc", ())) or None) from exc
+    job = repository.add(session, Job(
+        id=new_id("job"), tenant_id=tenant_id, status=JobStatus.queued, teacher=request.teacher,
+        teacher_source=source, dataset_id=train.id,
+        validation_dataset_id=validation.id if validation else None,
+        config=config.model_dump(mode="json"), step=0, total_steps=0, attempts=0,
+        cancel_requested=False,
+    ))
+    repository.add_event(session, job_id=job.id, tenant_id=tenant_id, type="job_created",
+                         message="job queued", data={"task": task, "teacher": request.teacher})
+    return job
+
+
+def get_job(session: Session, *, tenant_id: str, job_id: str) -> Job:
+    job = repository.get(session, tenant_id=tenant_id, job_id=job_id)
+    if job is None:
+        raise AppError("job_not_found", f"no job '{job_id}'", 404)
+    return job
+
+
+def list_jobs(session: Session, *, tenant_id: str, limit: int, after: str | None,
+              status: str | None, created_after: datetime | None) -> tuple[Sequence[Job], bool]:
+    rows = repository.page(session, tenant_id=tenant_id, limit=limit, after=after,
+                           status=status, created_after=created_after)
+    return rows[:limit], len(rows) > limit
+
+
+def fail_unqueued(session: Session, *, job_id: str, message: str) -> None:
+    repository.transition(session, job_id, from_status=JobStatus.queued,
+                          to_status=JobStatus.failed, error_code="queue_unavailable",
+                          error_message=message, finished_at=utcnow())
+
+
+def cancel_job(session: Session, *, tenant_id: str, job_id: str) -> Job:
+    """Queued jobs end at once; running ones stop at their next step. Idempotent."""
+    job = get_job(session, tenant_id=tenant_id, job_id=job_id)
+    if job.status == JobStatus.cancelled:
+        return job
+    if job.status in (JobStatus.succeeded, JobStatus.failed):
+        raise AppError("job_not_cancellable", f"job '{job_id}' already {job.status}", 409)
+    now = utcnow()
+    if repository.transition(session, job_id, from_status=JobStatus.queued,
+                             to_status=JobStatus.cancelled, cancel_requested=True,
+                             finished_at=now):
+        repository.add_event(session, job_id=job_id, tenant_id=tenant_id, type="job_cancelled",
+                             message="cancelled before it started", data={})
+    elif repository.transition(session, job_id, from_status=JobStatus.running,
+                               to_status=JobStatus.running, cancel_requested=True):
+        repository.add_event(session, job_id=job_id, tenant_id=tenant_id,
+                             type="cancel_requested",
+                             message="cancel requested; stopping at the next step", data={})
+    session.refresh(job)
+    if job.status in (JobStatus.succeeded, JobStatus.failed):
+        raise AppError("job_not_cancellable", f"job '{job_id}' already {job.status}", 409)
+    return job
+
+
+def to_public(job: Job) -> JobPublic:
+    config = job.config
+    total = job.total_steps
+    return JobPublic(
+        id=job.id, status=job.status, stage=job.stage,  # type: ignore[arg-type]
+        progress=Progress(step=job.step, total_steps=total,
+                          fraction=round(job.step / total, 4) if total else 0.0),
+        teacher=job.teacher, teacher_source=job.teacher_source, dataset=job.dataset_id,
+        validation_dataset=job.validation_dataset_id, task=config["task"],
+        student=config["student"], hyperparameters=config["hyperparameters"],
+        distillation=config["distillation"], seed=config["seed"], metrics=job.metrics,
+        error=JobError(code=job.error_code, message=job.error_message or "")
+        if job.error_code else None,
+        cancel_requested=job.cancel_requested, attempts=job.attempts,
+        created_at=job.created_at, started_at=job.started_at, finished_at=job.finished_at,
+    )

@@ -1,0 +1,22 @@
+"""create_app(): middleware, error handlers, routers. Nothing else."""
+
+from __future__ import annotations
+
+from fastapi import FastAPI
+
+from app import health
+from app.artifacts.routes import router as artifacts_router
+from app.datasets.routes import router as datasets_router
+from app.errors import install_error_handlers
+from app.jobs.routes import router as jobs_router
+from app.models.routes import router as models_router
+
+
+def create_app() -> FastAPI:
+    app = FastAPI(title="Distillery", version="1.0.0",
+                  description="TinyBERT-style knowledge distillation as a service.")
+    install_error_handlers(app)
+    for router in (health.router, datasets_router, models_router, jobs_router,
+                   artifacts_router):
+        app.include_router(router)
+    return app

@@ -1,0 +1,46 @@
+from __future__ import annotations
+
+from fastapi import APIRouter, File, UploadFile, status
+
+from app.config import get_settings
+from app.db import SessionDep
+from app.deps import TenantDep
+from app.models import service
+from app.models.schemas import ModelPublic
+from app.pagination import AfterQuery, LimitQuery, Page
+from app.storage import get_storage
+from app.uploads import spool
+
+router = APIRouter(prefix="/v1/models", tags=["models"])
+
+
+@router.post("", status_code=status.HTTP_201_CREATED, response_model=ModelPublic)
+async def upload_model(session: SessionDep, tenant: TenantDep,
+                       file: UploadFile = File(description=".zip or .tar.gz of a save_pretrained "
+                                               "folder with safetensors weights")) -> ModelPublic:
+    settings = get_settings()
+    upload = await spool(file, max_bytes=settings.max_model_bytes)
+    try:
+        model = service.create_model(session, storage=get_storage(), settings=settings,
+                                     tenant_id=tenant, upload=upload)
+    finally:
+        upload.discard()
+    session.commit()
+    return service.to_public(model)
+
+
+@router.get("", response_model=Page[ModelPublic])
+def list_models(session: SessionDep, tenant: TenantDep, limit: LimitQuery = 20,
+                after: AfterQuery = None) -> Page[ModelPublic]:
+    """Uploaded models, newest first; the first page also lists the ready-made catalog."""
+    rows, has_more = service.list_uploaded(session, tenant_id=tenant, limit=limit, after=after)
+    data = [service.to_public(r) for r in rows]
+    if after is None:
+        data = service.catalog_models(get_settings()) + data
+    return Page(data=data, has_more=has_more, next_cursor=rows[-1].id if has_more else None)
+
+
+@router.get("/{model_id:path}", response_model=ModelPublic)
+def get_model(model_id: str, session: SessionDep, tenant: TenantDep) -> ModelPublic:
+    return service.get_model(session, settings=get_settings(), tenant_id=tenant,
+                             model_id=model_id)

@@ -1,0 +1,79 @@
+"""Teacher uploads (validated archives) and the catalog of ready teachers."""
+
+from __future__ import annotations
+
+import tempfile
+from collections.abc import Sequence
+from pathlib import Path
+
+from sqlalchemy.orm import Session
+
+from app.config import Settings
+from app.errors import AppError
+from app.ids import new_id
+from app.models import archive, catalog, repository
+from app.models.inspect import inspect_folder
+from app.models.models import Model
+from app.models.schemas import ModelPublic
+from app.storage import Storage
+from app.uploads import SpooledUpload
+
+
+def create_model(session: Session, *, storage: Storage, settings: Settings, tenant_id: str,
+                 upload: SpooledUpload) -> Model:
+    model_id = new_id("mdl")
+    prefix = f"tenants/{tenant_id}/models/{model_id}"
+    with tempfile.TemporaryDirectory(prefix="distillery-model-") as tmp:
+        archive.extract(upload.path, Path(tmp), max_members=settings.max_archive_members,
+                        max_unpacked_bytes=settings.max_model_unpacked_bytes)
+        info = inspect_folder(Path(tmp))
+        try:
+            for path in sorted(p for p in info.root.rglob("*") if p.is_file()):
+                storage.put_file(f"{prefix}/{path.relative_to(info.root).as_posix()}", path)
+        except ValueError as exc:  # a file name that is not a safe storage key
+            storage.delete_prefix(prefix)
+            raise AppError("model_invalid", f"unusable file name in the archive: {exc}", 422,
+                           field="file") from exc
+    return repository.add(session, Model(
+        id=model_id, tenant_id=tenant_id, filename=upload.filename, model_type=info.model_type,
+        num_parameters=info.num_parameters, num_layers=info.num_layers,
+        hidden_size=info.hidden_size, has_task_head=info.has_task_head, labels=info.labels,
+        config=info.config, sha256=upload.sha256, size_bytes=upload.size_bytes,
+        storage_key=prefix,
+    ))
+
+
+def to_public(model: Model) -> ModelPublic:
+    return ModelPublic(id=model.id, source="upload", filename=model.filename,
+                       model_type=model.model_type, num_parameters=model.num_parameters,
+                       num_layers=model.num_layers, hidden_size=model.hidden_size,
+                       has_task_head=model.has_task_head, labels=model.labels,
+                       created_at=model.created_at)
+
+
+def catalog_models(settings: Settings) -> list[ModelPublic]:
+    return [ModelPublic(id=e.name, source=e.source, filename=None,  # type: ignore[arg-type]
+                        model_type=e.info.model_type, num_parameters=e.info.num_parameters,
+                        num_layers=e.info.num_layers, hidden_size=e.info.hidden_size,
+                        has_task_head=e.info.has_task_head, labels=e.info.labels,
+                        created_at=None)
+            for e in catalog.entries(settings.model_dir)]
+
+
+def get_model(session: Session, *, settings: Settings, tenant_id: str,
+              model_id: str) -> ModelPublic:
+    if model_id.startswith("mdl_"):
+        model = repository.get(session, tenant_id=tenant_id, model_id=model_id)
+        if model is not None:
+            return to_public(model)
+    else:
+        for entry in catalog_models(settings):
+            if entry.id == catalog.ALIASES.get(model_id, model_id):
+                return entry
+    raise AppError("model_not_found", f"no model '{model_id}'", 404)
+
+
+def list_uploaded(session: Session, *, tenant_id: str, limit: int,
+                  after: str | None) -> tuple[Sequence[Model], bool]:
+    rows = repository.page(session, tenant_id=tenant_id, limit=limit, after=after)
+    return rows[:limit], len(rows) > limit

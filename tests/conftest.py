@@ -1,0 +1,122 @@
+"""Shared fixtures: a real Postgres database migrated by Alembic, real Redis, real storage.
+
+API tests run each request inside one outer transaction that is rolled back after the test
+(the routes' commits become savepoint releases). Worker and end-to-end tests need other
+processes to see their rows, so they commit; their ids are unique, so nothing collides.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+_RUN = str(os.getpid())
+_TMP = Path(tempfile.mkdtemp(prefix="distillery-tests-"))
+PG_ADMIN_URL = os.environ.get("DISTILLERY_TEST_PG", "postgresql://postgres@127.0.0.1:5432/postgres")
+TEST_DB = f"distillery_test_{_RUN}"
+os.environ.update({
+    "DISTILLERY_DATABASE_URL": PG_ADMIN_URL.rsplit("/", 1)[0].replace(
+        "postgresql://", "postgresql+psycopg://") + f"/{TEST_DB}",
+    "DISTILLERY_BROKER_URL": os.environ.get("DISTILLERY_TEST_REDIS", "redis://127.0.0.1:6379/15"),
+    "DISTILLERY_QUEUE_NAME": f"distill-test-{_RUN}",
+    "DISTILLERY_STORAGE_DIR": str(_TMP / "storage"),
+    "DISTILLERY_MODEL_DIR": str(_TMP / "models"),
+    "HF_HUB_OFFLINE": "1",
+    "TOKENIZERS_PARALLELISM": "false",
+})
+
+import psycopg  # noqa: E402
+import pytest  # noqa: E402
+import redis  # noqa: E402
+from alembic import command  # noqa: E402
+from alembic.config import Config  # noqa: E402
+from fastapi.testclient import TestClient  # noqa: E402
+from sqlalchemy.orm import Session  # noqa: E402
+
+from app.config import get_settings  # noqa: E402
+from app.db import get_engine, get_session  # noqa: E402
+from app.main import create_app  # noqa: E402
+from tests.factories import TINY_SENTIMENT, read_jsonl, save_tiny_bert, tiny_vocab  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="session", autouse=True)
+def database() -> Iterator[str]:
+    with psycopg.connect(PG_ADMIN_URL, autocommit=True) as conn:
+        conn.execute(f'DROP DATABASE IF EXISTS "{TEST_DB}"')
+        conn.execute(f'CREATE DATABASE "{TEST_DB}"')
+    config = Config(str(ROOT / "alembic.ini"))
+    config.set_main_option("script_location", str(ROOT / "migrations"))
+    config.attributes["configure_logger"] = False
+    command.upgrade(config, "head")
+    yield get_settings().database_url
+    get_engine().dispose()
+    with psycopg.connect(PG_ADMIN_URL, autocommit=True) as conn:
+        conn.execute(f'DROP DATABASE IF EXISTS "{TEST_DB}" WITH (FORCE)')
+
+
+@pytest.fixture(scope="session")
+def redis_client() -> Iterator[redis.Redis]:
+    client = redis.Redis.from_url(get_settings().broker_url)
+    client.ping()
+    yield client
+    client.delete(get_settings().queue_name)
+    client.close()
+
+
+@pytest.fixture()
+def queue(redis_client: redis.Redis) -> Iterator[redis.Redis]:
+    """The test run's queue in real Redis, emptied around each test."""
+    redis_client.delete(get_settings().queue_name)
+    yield redis_client
+    redis_client.delete(get_settings().queue_name)
+
+
+@pytest.fixture()
+def db_session(database: str) -> Iterator[Session]:
+    connection = get_engine().connect()
+    outer = connection.begin()
+    session = Session(bind=connection, join_transaction_mode="create_savepoint",
+                      expire_on_commit=False)
+    yield session
+    session.close()
+    outer.rollback()
+    connection.close()
+
+
+@pytest.fixture()
+def client(db_session: Session, queue: redis.Redis) -> Iterator[TestClient]:
+    """The API with every request inside the test's rolled-back transaction."""
+    app = create_app()
+
+    def _session() -> Iterator[Session]:
+        yield db_session
+        db_session.commit()
+
+    app.dependency_overrides[get_session] = _session
+    with TestClient(app) as test_client:
+        yield test_client
+
+
+@pytest.fixture()
+def committing_client(database: str) -> Iterator[TestClient]:
+    """The API as deployed: real commits that a worker process can see."""
+    with TestClient(create_app()) as test_client:
+        yield test_client
+
+
+@pytest.fixture(scope="session")
+def tiny_texts() -> list[str]:
+    rows = [r for split in ("train", "dev", "test")
+            for r in read_jsonl(TINY_SENTIMENT / f"{split}.jsonl")]
+    return [str(r["text"]) for r in rows]
+
+
+@pytest.fixture(scope="session")
+def tiny_teacher_dir(tiny_texts: list[str], tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny BERT without a task head (so a job fine-tunes it first)."""
+    return save_tiny_bert(tmp_path_factory.mktemp("teacher") / "tiny-bert", tiny_vocab(tiny_texts),
+                          head=None)

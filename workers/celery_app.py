@@ -1,0 +1,25 @@
+"""The Celery application: late acks, one message at a time, results ignored (the row is the truth)."""
+
+from __future__ import annotations
+
+from celery import Celery
+
+from app.config import get_settings
+
+settings = get_settings()
+
+app = Celery("distillery", broker=settings.broker_url, include=["workers.tasks"])
+app.conf.update(
+    task_acks_late=True,
+    # A worker killed mid-job leaves the message unacked so another worker picks it up.
+    task_reject_on_worker_lost=True,
+    task_ignore_result=True,
+    worker_prefetch_multiplier=1,
+    task_default_queue=settings.queue_name,
+    task_routes={"distillery.run_job": {"queue": settings.queue_name}},
+    task_time_limit=settings.task_time_limit_seconds,
+    broker_connection_retry_on_startup=True,
+    # Redis redelivers unacked messages after this; it must exceed the longest job.
+    broker_transport_options={"visibility_timeout": settings.task_time_limit_seconds + 3600},
+    worker_hijack_root_logger=False,
+)

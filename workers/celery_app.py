@@ -21,5 +21,4 @@ app.conf.update(
     broker_connection_retry_on_startup=True,
     # Redis redelivers unacked messages after this; it must exceed the longest job.
     broker_transport_options={"visibility_timeout": settings.task_time_limit_seconds + 3600},
-    worker_hijack_root_logger=False,
 )

@@ -1,0 +1,88 @@
+"""The runner's guards, in-process against the real database (committed rows)."""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+
+import pytest
+import redis
+from fastapi.testclient import TestClient
+from sqlalchemy import select
+
+from app.db import session_factory
+from app.jobs.models import Job, JobEvent
+from tests.factories import TINY_SENTIMENT, zip_folder
+from workers.runner import claim, run_job
+
+
+@pytest.fixture()
+def queued_job(committing_client: TestClient, tiny_teacher_dir: Path, queue: redis.Redis) -> str:
+    client = committing_client
+    ds = client.post("/v1/datasets", files={
+        "file": ("t.jsonl", (TINY_SENTIMENT / "train.jsonl").read_bytes())}).json()["id"]
+    teacher = client.post("/v1/models", files={
+        "file": ("t.zip", zip_folder(tiny_teacher_dir))}).json()["id"]
+    job = client.post("/v1/jobs", json={"teacher": teacher, "dataset": ds}).json()
+    assert job["status"] == "queued"
+    return str(job["id"])
+
+
+def _job(job_id: str) -> Job:
+    with session_factory()() as s:
+        job = s.get(Job, job_id)
+        assert job is not None
+        return job
+
+
+def _event_types(job_id: str) -> list[str]:
+    with session_factory()() as s:
+        return list(s.scalars(select(JobEvent.type).where(JobEvent.job_id == job_id)
+                              .order_by(JobEvent.id)))
+
+
+def test_two_concurrent_claims_let_exactly_one_worker_run(queued_job: str) -> None:
+    sessions = session_factory()
+    barrier = threading.Barrier(2)
+    results: list[Job | None] = []
+
+    def contender(name: str) -> None:
+        barrier.wait()
+        results.append(claim(sessions, queued_job, worker=name))
+
+    threads = [threading.Thread(target=contender, args=(f"w{i}",)) for i in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    winners = [r for r in results if r is not None]
+    assert len(winners) == 1
+    job = _job(queued_job)
+    assert job.status == "running"
+    assert job.attempts == 1
+    assert job.worker == winners[0].worker
+    assert _event_types(queued_job).count("job_started") == 1
+
+
+def test_duplicate_delivery_of_a_running_job_does_not_train_twice(queued_job: str) -> None:
+    assert claim(session_factory(), queued_job, worker="first") is not None
+    run_job(queued_job, worker="duplicate")
+    job = _job(queued_job)
+    assert (job.status, job.attempts, job.worker) == ("running", 1, "first")
+    assert job.step == 0
+    assert _event_types(queued_job).count("job_started") == 1
+
+
+def test_cancelled_job_is_never_started(queued_job: str, committing_client: TestClient) -> None:
+    assert committing_client.post(f"/v1/jobs/{queued_job}/cancel").json()["status"] == "cancelled"
+    run_job(queued_job, worker="late")
+    job = _job(queued_job)
+    assert job.status == "cancelled"
+    assert job.started_at is None and job.attempts == 0
+    assert "job_started" not in _event_types(queued_job)
+
+
+def test_message_for_unknown_job_is_dropped(database: str) -> None:
+    run_job("job_doesnotexist", worker="w")  # must neither raise nor create anything
+    with session_factory()() as s:
+        assert s.get(Job, "job_doesnotexist") is None

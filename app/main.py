@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from fastapi import FastAPI
 
+import app.all_models  # noqa: F401  (registers every mapper before the first query)
 from app import health
 from app.artifacts.routes import router as artifacts_router
 from app.datasets.routes import router as datasets_router

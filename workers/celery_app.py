@@ -19,6 +19,8 @@ app.conf.update(
     task_routes={"distillery.run_job": {"queue": settings.queue_name}},
     task_time_limit=settings.task_time_limit_seconds,
     broker_connection_retry_on_startup=True,
-    # Redis redelivers unacked messages after this; it must exceed the longest job.
-    broker_transport_options={"visibility_timeout": settings.task_time_limit_seconds + 3600},
 )
+if settings.broker_url.startswith(("redis://", "rediss://")):
+    # Redis redelivers unacked messages after this; it must exceed the longest job.
+    app.conf.broker_transport_options = {
+        "visibility_timeout": settings.task_time_limit_seconds + 3600}

@@ -4,7 +4,11 @@ from app.artifacts.models import Artifact
 from app.auth.models import Tenant
 from app.datasets.models import Dataset
 from app.db import Base
-from app.jobs.models import Job, JobEvent
+from app.idempotency import IdempotencyKey
+from app.jobs.models import Job, JobCheckpoint, JobEvent, JobMetric, WebhookDelivery
 from app.models.models import Model
 
-__all__ = ["Artifact", "Base", "Dataset", "Job", "JobEvent", "Model", "Tenant"]
+__all__ = [
+    "Artifact", "Base", "Dataset", "IdempotencyKey", "Job", "JobCheckpoint", "JobEvent",
+    "JobMetric", "Model", "Tenant", "WebhookDelivery",
+]

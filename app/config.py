@@ -19,6 +19,8 @@ class Settings(BaseSettings):
     model_dir: Path = Path("./var/models")
 
     queue_name: str = "distill"
+    # Webhooks have their own queue and a light worker, so a long training job never delays them.
+    webhook_queue_name: str = "webhooks"
     # A queued message older than this is dropped by the worker; the job row stays the truth.
     enqueue_expiry_seconds: int = Field(default=7 * 24 * 3600, gt=0)
     task_time_limit_seconds: int = Field(default=48 * 3600, gt=0)

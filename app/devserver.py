@@ -59,8 +59,8 @@ def main() -> None:
         Path(path).mkdir(parents=True, exist_ok=True)
     supervisor = Supervisor()
     supervisor.start()
-    print(f"Distillery API on http://127.0.0.1:8000 (docs: /docs); database {settings.database_url}",
-          flush=True)
+    print("Distillery API on http://127.0.0.1:8000 (docs: /docs); "
+          f"database {settings.database_url}", flush=True)
     try:
         uvicorn.run("app.main:create_app", factory=True, host="127.0.0.1", port=8000)
     finally:

@@ -1,4 +1,4 @@
-"""AppError and the JSON error handlers: every failure is {"error": {"code", "message", "field"?}}."""
+"""AppError and the JSON handlers: every failure is {"error": {"code", "message", "field"?}}."""
 
 from __future__ import annotations
 

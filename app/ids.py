@@ -1,4 +1,4 @@
-"""Time-ordered public ids: '<prefix>_' + 26 Crockford base32 chars (48-bit ms clock, 80 random bits)."""
+"""Time-ordered public ids: '<prefix>_' + 26 base32 chars (48-bit ms clock, 80 random bits)."""
 
 from __future__ import annotations
 

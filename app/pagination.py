@@ -1,4 +1,4 @@
-"""Cursor pagination shared by every list endpoint: {object: "list", data, has_more, next_cursor}."""
+"""Cursor pagination for every list: {object: "list", data, has_more, next_cursor}."""
 
 from __future__ import annotations
 

@@ -7,8 +7,10 @@ from functools import lru_cache
 from celery import Celery
 
 from app.config import get_settings
+from app.ids import new_id
 
 RUN_JOB_TASK = "distillery.run_job"
+WEBHOOK_TASK = "distillery.deliver_webhook"
 
 
 @lru_cache(maxsize=4)
@@ -24,6 +26,15 @@ def enqueue_job(job_id: str) -> None:
         expires=settings.enqueue_expiry_seconds, ignore_result=True,
         retry=True, retry_policy={"max_retries": 3, "interval_start": 0.2, "interval_step": 0.5},
     )
+
+
+def enqueue_webhook(job_id: str) -> None:
+    """Queue the job's end-of-job webhook; the webhook-id stays the same across retries."""
+    settings = get_settings()
+    _client(settings.broker_url).send_task(
+        WEBHOOK_TASK, args=[job_id, new_id("msg")], queue=settings.webhook_queue_name,
+        ignore_result=True, retry=True,
+        retry_policy={"max_retries": 3, "interval_start": 0.2, "interval_step": 0.5})
 
 
 def broker_reachable() -> bool:

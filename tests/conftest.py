@@ -21,6 +21,7 @@ os.environ.update({
         "postgresql://", "postgresql+psycopg://") + f"/{TEST_DB}",
     "DISTILLERY_BROKER_URL": os.environ.get("DISTILLERY_TEST_REDIS", "redis://127.0.0.1:6379/15"),
     "DISTILLERY_QUEUE_NAME": f"distill-test-{_RUN}",
+    "DISTILLERY_WEBHOOK_QUEUE_NAME": f"webhooks-test-{_RUN}",
     "DISTILLERY_STORAGE_DIR": str(_TMP / "storage"),
     "DISTILLERY_MODEL_DIR": str(_TMP / "models"),
     "HF_HUB_OFFLINE": "1",
@@ -70,9 +71,10 @@ def redis_client() -> Iterator[redis.Redis]:
 @pytest.fixture()
 def queue(redis_client: redis.Redis) -> Iterator[redis.Redis]:
     """The test run's queue in real Redis, emptied around each test."""
-    redis_client.delete(get_settings().queue_name)
+    queues = (get_settings().queue_name, get_settings().webhook_queue_name)
+    redis_client.delete(*queues)
     yield redis_client
-    redis_client.delete(get_settings().queue_name)
+    redis_client.delete(*queues)
 
 
 @pytest.fixture()
@@ -92,9 +94,13 @@ def client(db_session: Session, queue: redis.Redis) -> Iterator[TestClient]:
     """The API with every request inside the test's rolled-back transaction."""
     app = create_app()
 
-    def _session() -> Iterator[Session]:
-        yield db_session
-        db_session.commit()
+    def _session() -> Iterator[Session]:  # the same boundary as app.db.get_session
+        try:
+            yield db_session
+            db_session.commit()
+        except Exception:
+            db_session.rollback()
+            raise
 
     app.dependency_overrides[get_session] = _session
     with TestClient(app) as test_client:

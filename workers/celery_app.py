@@ -16,7 +16,8 @@ app.conf.update(
     task_ignore_result=True,
     worker_prefetch_multiplier=1,
     task_default_queue=settings.queue_name,
-    task_routes={"distillery.run_job": {"queue": settings.queue_name}},
+    task_routes={"distillery.run_job": {"queue": settings.queue_name},
+                 "distillery.deliver_webhook": {"queue": settings.webhook_queue_name}},
     task_time_limit=settings.task_time_limit_seconds,
     broker_connection_retry_on_startup=True,
 )

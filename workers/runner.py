@@ -18,9 +18,10 @@ from app.artifacts import repository as artifacts_repository
 from app.config import Settings, get_settings
 from app.db import session_factory, utcnow
 from app.jobs import repository
-from app.jobs.models import JobStatus
+from app.jobs.models import JobCheckpoint, JobMetric, JobStatus
 from app.models import catalog
 from app.models import repository as models_repository
+from app.queue import enqueue_webhook
 from app.storage import LocalStorage, StorageError, get_storage
 from workers.distill.config import DistillConfig
 from workers.distill.records import Example, read_jsonl
@@ -43,21 +44,32 @@ class JobCallbacks:
     _stage: str | None = None
     _last_write: float = 0.0
     _pending: dict[str, Any] = field(default_factory=dict)
+    _series: list[JobMetric] = field(default_factory=list)
+    _last_losses: dict[str, float] = field(default_factory=dict)
 
     def on_progress(self, p: Progress) -> None:
         self._pending = {"stage": p.stage, "step": p.step, "total_steps": p.total_steps}
+        if p.losses:  # stage markers (evaluate, export) carry no optimizer step
+            self._last_losses = dict(p.losses)
+            self._series.append(JobMetric(
+                job_id=self.job_id, tenant_id=self.tenant_id, step=p.step, stage=p.stage,
+                learning_rate=p.learning_rate, losses=dict(p.losses)))
         now = time.monotonic()
         if p.stage != self._stage or now - self._last_write >= PROGRESS_WRITE_INTERVAL_S:
             self._stage = p.stage
             self.flush()
 
     def flush(self) -> None:
-        if not self._pending:
+        """Progress and the buffered per-step series, in one short transaction."""
+        if not self._pending and not self._series:
             return
         with self.sessions.begin() as s:
-            repository.update_running(s, self.job_id, **self._pending)
+            if self._pending:
+                repository.update_running(s, self.job_id, **self._pending)
+            repository.add_metrics(s, self._series)
         self._last_write = time.monotonic()
         self._pending = {}
+        self._series = []
 
     def on_event(self, e: Event) -> None:
         with self.sessions.begin() as s:
@@ -66,6 +78,11 @@ class JobCallbacks:
             if e.type == "stage_started" and (stage := e.data.get("stage")):
                 repository.update_running(s, self.job_id, stage=stage)
                 self._stage = stage
+            if e.type == "checkpoint_saved" and (path := e.data.get("path")):
+                repository.add_checkpoint(s, JobCheckpoint(
+                    job_id=self.job_id, tenant_id=self.tenant_id, step=int(e.data["step"]),
+                    stage=self._stage, path=str(path), losses=self._last_losses,
+                    size_bytes=Path(path).stat().st_size if Path(path).is_file() else 0))
 
     def should_stop(self) -> bool:
         with self.sessions() as s:
@@ -142,6 +159,14 @@ def claim(sessions: sessionmaker[Session], job_id: str, *, worker: str) -> Job |
         return repository.get_by_id(s, job_id)
 
 
+def _notify(job: Job) -> None:
+    if job.webhook_url:
+        try:
+            enqueue_webhook(job.id)
+        except Exception:
+            log.exception("could not queue the webhook of %s", job.id)
+
+
 def run_job(job_id: str, *, worker: str) -> None:
     settings = get_settings()
     sessions = session_factory()
@@ -187,6 +212,7 @@ def run_job(job_id: str, *, worker: str) -> None:
         log.exception("job %s crashed", job.id)
         _fail(sessions, job, "internal_error",
               "the worker hit an unexpected error; it has been logged")
+    _notify(job)
 
 
 def _dataset_key(session: Session, dataset_id: str) -> str:

@@ -8,13 +8,14 @@ from app.artifacts.schemas import ArtifactPublic
 from app.db import SessionDep
 from app.deps import TenantDep
 from app.errors import AppError
+from app.openapi import errors
 from app.jobs.service import get_job
 from app.storage import get_storage
 
 router = APIRouter(prefix="/v1/jobs/{job_id}/artifacts", tags=["artifacts"])
 
 
-@router.get("", response_model=list[ArtifactPublic])
+@router.get("", response_model=list[ArtifactPublic], responses=errors(404))
 def list_artifacts(job_id: str, session: SessionDep, tenant: TenantDep) -> list[ArtifactPublic]:
     get_job(session, tenant_id=tenant, job_id=job_id)
     return [ArtifactPublic.model_validate(a)
@@ -22,7 +23,8 @@ def list_artifacts(job_id: str, session: SessionDep, tenant: TenantDep) -> list[
 
 
 @router.get("/{name}", response_class=FileResponse,
-            responses={200: {"content": {"application/octet-stream": {}}}})
+            responses={**errors(404, 410, 416), 200: {"content": {"application/octet-stream": {}}},
+                       206: {"description": "the requested byte range"}})
 def download_artifact(job_id: str, name: str, session: SessionDep,
                       tenant: TenantDep) -> FileResponse:
     """Streams from storage with Content-Length, ETag and HTTP Range support."""

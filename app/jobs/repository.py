@@ -8,7 +8,7 @@ from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
 from app.db import utcnow
-from app.jobs.models import Job, JobEvent, JobStatus
+from app.jobs.models import Job, JobCheckpoint, JobEvent, JobMetric, JobStatus, WebhookDelivery
 
 
 def add(session: Session, job: Job) -> Job:
@@ -65,3 +65,48 @@ def add_event(session: Session, *, job_id: str, tenant_id: str, type: str, messa
               data: dict[str, Any], level: str = "info") -> None:
     session.add(JobEvent(job_id=job_id, tenant_id=tenant_id, type=type, message=message,
                          data=data, level=level))
+
+
+def events_page(session: Session, *, job_id: str, after: int | None,
+                limit: int) -> Sequence[JobEvent]:
+    query = select(JobEvent).where(JobEvent.job_id == job_id)
+    if after is not None:
+        query = query.where(JobEvent.id > after)
+    return session.scalars(query.order_by(JobEvent.id).limit(limit)).all()
+
+
+def job_status(session: Session, job_id: str) -> str | None:
+    return session.scalar(select(Job.status).where(Job.id == job_id))
+
+
+def add_metrics(session: Session, rows: list[JobMetric]) -> None:
+    session.add_all(rows)
+
+
+def metrics_series(session: Session, *, job_id: str) -> Sequence[JobMetric]:
+    return session.scalars(select(JobMetric).where(JobMetric.job_id == job_id)
+                           .order_by(JobMetric.step, JobMetric.id)).all()
+
+
+def events_of_type(session: Session, *, job_id: str, type: str) -> Sequence[JobEvent]:
+    return session.scalars(select(JobEvent).where(JobEvent.job_id == job_id,
+                                                  JobEvent.type == type)
+                           .order_by(JobEvent.id)).all()
+
+
+def add_checkpoint(session: Session, checkpoint: JobCheckpoint) -> None:
+    session.add(checkpoint)
+
+
+def checkpoints(session: Session, *, job_id: str) -> Sequence[JobCheckpoint]:
+    return session.scalars(select(JobCheckpoint).where(JobCheckpoint.job_id == job_id)
+                           .order_by(JobCheckpoint.id)).all()
+
+
+def add_delivery(session: Session, delivery: WebhookDelivery) -> None:
+    session.add(delivery)
+
+
+def deliveries(session: Session, *, job_id: str) -> Sequence[WebhookDelivery]:
+    return session.scalars(select(WebhookDelivery).where(WebhookDelivery.job_id == job_id)
+                           .order_by(WebhookDelivery.id)).all()

@@ -3,11 +3,17 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, HttpUrl
 
 from workers.distill.config import DistillationConfig, Hyperparameters, StudentConfig
 
 Task = Literal["classification", "regression", "general"]
+
+
+class InitFrom(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    job: str = Field(min_length=1, max_length=64, description="a job whose checkpoint to use")
 
 
 class JobCreate(BaseModel):
@@ -25,6 +31,11 @@ class JobCreate(BaseModel):
     hyperparameters: Hyperparameters = Field(default_factory=Hyperparameters)
     distillation: DistillationConfig = Field(default_factory=DistillationConfig)
     seed: int = Field(default=42, ge=0, le=2**31 - 1)
+    webhook_url: HttpUrl | None = Field(default=None, description="POSTed on job.succeeded, "
+                                        "job.failed and job.cancelled, signed (Standard "
+                                        "Webhooks)")
+    init_from: InitFrom | None = Field(default=None, description="start the student from "
+                                       "another job's latest checkpoint")
 
 
 class Progress(BaseModel):
@@ -57,6 +68,62 @@ class JobPublic(BaseModel):
     error: JobError | None
     cancel_requested: bool
     attempts: int
+    webhook_url: str | None
+    # Returned only when the job is created: verify webhook signatures with it.
+    webhook_secret: str | None = None
+    init_from: dict[str, Any] | None
     created_at: datetime
     started_at: datetime | None
     finished_at: datetime | None
+
+
+class EventPublic(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+
+    id: int
+    object: Literal["event"] = "event"
+    created_at: datetime
+    level: str
+    type: str
+    message: str
+    data: dict[str, Any]
+
+
+class StepMetrics(BaseModel):
+    step: int
+    stage: str
+    learning_rate: float
+    losses: dict[str, float]
+
+
+class MetricsSeries(BaseModel):
+    object: Literal["metrics"] = "metrics"
+    job: str
+    steps: list[StepMetrics]
+    evaluations: list[dict[str, Any]]
+    final: dict[str, Any] | None
+
+
+class CheckpointPublic(BaseModel):
+    object: Literal["checkpoint"] = "checkpoint"
+    step: int
+    stage: str | None
+    size_bytes: int
+    losses: dict[str, Any]
+    created_at: datetime
+    # The engine keeps its latest checkpoint on disk; earlier ones are history only.
+    available: bool
+
+
+class WebhookDeliveryPublic(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+
+    object: Literal["webhook.delivery"] = "webhook.delivery"
+    message_id: str
+    event_type: str
+    url: str
+    attempt: int
+    status_code: int | None
+    error: str | None
+    succeeded: bool
+    created_at: datetime

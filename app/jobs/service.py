@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import base64
+import secrets
 from collections.abc import Sequence
 from datetime import datetime
+from pathlib import Path
 
 from pydantic import ValidationError
 from sqlalchemy.orm import Session
@@ -15,8 +18,17 @@ from app.db import utcnow
 from app.errors import AppError, field_from_loc
 from app.ids import new_id
 from app.jobs import repository
-from app.jobs.models import Job, JobStatus
-from app.jobs.schemas import JobCreate, JobError, JobPublic, Progress
+from app.jobs.models import Job, JobEvent, JobStatus
+from app.jobs.schemas import (
+    CheckpointPublic,
+    JobCreate,
+    JobError,
+    JobPublic,
+    MetricsSeries,
+    Progress,
+    StepMetrics,
+    WebhookDeliveryPublic,
+)
 from app.models import catalog
 from app.models import repository as models_repository
 from workers.distill.config import DistillConfig
@@ -65,8 +77,8 @@ def create_job(session: Session, *, settings: Settings, tenant_id: str,
         validation = get_dataset(session, tenant_id=tenant_id,
                                  dataset_id=request.validation_dataset,
                                  field="validation_dataset")
-    source = _teacher_source(session, settings=settings, tenant_id=tenant_id,
-                             teacher=request.teacher)
+    teacher_source = _teacher_source(session, settings=settings, tenant_id=tenant_id,
+                                     teacher=request.teacher)
     task = request.task or TASK_FOR_LABELS[train.label_type]
     _check_datasets(task, train, validation)
     try:
@@ -78,9 +90,21 @@ def create_job(session: Session, *, settings: Settings, tenant_id: str,
         first = exc.errors()[0]
         raise AppError("invalid_request", first.get("msg", "invalid configuration"), 422,
                        field=field_from_loc(first.get("loc", ())) or None) from exc
+    init_from = None
+    if request.init_from is not None:
+        source = get_job(session, tenant_id=tenant_id, job_id=request.init_from.job,
+                         field="init_from.job")
+        saved = [c for c in repository.checkpoints(session, job_id=source.id)]
+        if not saved:
+            raise AppError("checkpoint_not_found", f"job '{source.id}' has saved no checkpoint",
+                           422, field="init_from.job")
+        init_from = {"job": source.id, "step": saved[-1].step}
     job = repository.add(session, Job(
         id=new_id("job"), tenant_id=tenant_id, status=JobStatus.queued, teacher=request.teacher,
-        teacher_source=source, dataset_id=train.id,
+        init_from=init_from,
+        webhook_url=str(request.webhook_url) if request.webhook_url else None,
+        webhook_secret=new_webhook_secret() if request.webhook_url else None,
+        teacher_source=teacher_source, dataset_id=train.id,
         validation_dataset_id=validation.id if validation else None,
         config=config.model_dump(mode="json"), step=0, total_steps=0, attempts=0,
         cancel_requested=False,
@@ -90,10 +114,14 @@ def create_job(session: Session, *, settings: Settings, tenant_id: str,
     return job
 
 
-def get_job(session: Session, *, tenant_id: str, job_id: str) -> Job:
+def new_webhook_secret() -> str:
+    return "whsec_" + base64.b64encode(secrets.token_bytes(32)).decode()
+
+
+def get_job(session: Session, *, tenant_id: str, job_id: str, field: str | None = None) -> Job:
     job = repository.get(session, tenant_id=tenant_id, job_id=job_id)
     if job is None:
-        raise AppError("job_not_found", f"no job '{job_id}'", 404)
+        raise AppError("job_not_found", f"no job '{job_id}'", 404, field=field)
     return job
 
 
@@ -148,5 +176,39 @@ def to_public(job: Job) -> JobPublic:
         error=JobError(code=job.error_code, message=job.error_message or "")
         if job.error_code else None,
         cancel_requested=job.cancel_requested, attempts=job.attempts,
+        webhook_url=job.webhook_url, init_from=job.init_from,
         created_at=job.created_at, started_at=job.started_at, finished_at=job.finished_at,
     )
+
+
+def list_events(session: Session, *, tenant_id: str, job_id: str, after: int | None,
+                limit: int) -> tuple[Sequence[JobEvent], bool]:
+    get_job(session, tenant_id=tenant_id, job_id=job_id)
+    rows = repository.events_page(session, job_id=job_id, after=after, limit=limit + 1)
+    return rows[:limit], len(rows) > limit
+
+
+def metrics_series(session: Session, *, tenant_id: str, job_id: str) -> MetricsSeries:
+    job = get_job(session, tenant_id=tenant_id, job_id=job_id)
+    steps = [StepMetrics(step=m.step, stage=m.stage, learning_rate=m.learning_rate,
+                         losses=m.losses)
+             for m in repository.metrics_series(session, job_id=job_id)]
+    evaluations = [{"created_at": e.created_at, **e.data}
+                   for e in repository.events_of_type(session, job_id=job_id, type="evaluation")]
+    return MetricsSeries(job=job.id, steps=steps, evaluations=evaluations, final=job.metrics)
+
+
+def list_checkpoints(session: Session, *, tenant_id: str, job_id: str) -> list[CheckpointPublic]:
+    get_job(session, tenant_id=tenant_id, job_id=job_id)
+    rows = repository.checkpoints(session, job_id=job_id)
+    return [CheckpointPublic(step=c.step, stage=c.stage, size_bytes=c.size_bytes,
+                             losses=c.losses, created_at=c.created_at,
+                             available=i == len(rows) - 1 and Path(c.path).is_file())
+            for i, c in enumerate(rows)]
+
+
+def list_deliveries(session: Session, *, tenant_id: str,
+                    job_id: str) -> list[WebhookDeliveryPublic]:
+    get_job(session, tenant_id=tenant_id, job_id=job_id)
+    return [WebhookDeliveryPublic.model_validate(d)
+            for d in repository.deliveries(session, job_id=job_id)]

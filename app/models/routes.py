@@ -1,12 +1,17 @@
 from __future__ import annotations
 
-from fastapi import APIRouter, File, UploadFile, status
+from typing import Annotated, Any
 
+from fastapi import APIRouter, File, UploadFile, status
+from fastapi.responses import JSONResponse
+
+from app import idempotency
 from app.config import get_settings
 from app.db import SessionDep
 from app.deps import TenantDep
 from app.models import service
 from app.models.schemas import ModelPublic
+from app.openapi import errors
 from app.pagination import AfterQuery, LimitQuery, Page
 from app.storage import get_storage
 from app.uploads import spool
@@ -14,19 +19,30 @@ from app.uploads import spool
 router = APIRouter(prefix="/v1/models", tags=["models"])
 
 
-@router.post("", status_code=status.HTTP_201_CREATED, response_model=ModelPublic)
+@router.post("", status_code=status.HTTP_201_CREATED, response_model=ModelPublic,
+             responses=errors(409, 413, 422))
 async def upload_model(session: SessionDep, tenant: TenantDep,
-                       file: UploadFile = File(description=".zip or .tar.gz of a save_pretrained "
-                                               "folder with safetensors weights")) -> ModelPublic:
+                       file: Annotated[UploadFile, File(
+                           description=".zip or .tar.gz of a save_pretrained folder")],
+                       idempotency_key: idempotency.KeyHeader = None) -> Any:
+    """Upload a teacher: safetensors weights only, BERT model_type, no custom code."""
     settings = get_settings()
     upload = await spool(file, max_bytes=settings.max_model_bytes)
     try:
+        if idempotency_key and (replay := idempotency.begin(
+                session, tenant_id=tenant, key=idempotency_key, endpoint="POST /v1/models",
+                fingerprint=idempotency.request_hash(upload.filename, upload.sha256))):
+            return JSONResponse(replay.body, status_code=replay.status_code)
         model = service.create_model(session, storage=get_storage(), settings=settings,
                                      tenant_id=tenant, upload=upload)
     finally:
         upload.discard()
+    public = service.to_public(model)
+    if idempotency_key:
+        idempotency.finish(session, tenant_id=tenant, key=idempotency_key, status_code=201,
+                           body=public.model_dump(mode="json"))
     session.commit()
-    return service.to_public(model)
+    return public
 
 
 @router.get("", response_model=Page[ModelPublic])
@@ -40,7 +56,7 @@ def list_models(session: SessionDep, tenant: TenantDep, limit: LimitQuery = 20,
     return Page(data=data, has_more=has_more, next_cursor=rows[-1].id if has_more else None)
 
 
-@router.get("/{model_id:path}", response_model=ModelPublic)
+@router.get("/{model_id:path}", response_model=ModelPublic, responses=errors(404))
 def get_model(model_id: str, session: SessionDep, tenant: TenantDep) -> ModelPublic:
     return service.get_model(session, settings=get_settings(), tenant_id=tenant,
                              model_id=model_id)

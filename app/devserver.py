@@ -1,4 +1,4 @@
-"""`make run`: the API on 127.0.0.1:8000 plus one supervised worker, on the embedded default."""
+"""`make run`: the API on 127.0.0.1:8000 plus supervised workers, on the embedded default."""
 
 from __future__ import annotations
 
@@ -17,17 +17,17 @@ from app.config import get_settings
 log = logging.getLogger("distillery.devserver")
 
 
-def worker_command() -> list[str]:
-    settings = get_settings()
+def worker_command(*, queue: str, pool: str, concurrency: int, name: str) -> list[str]:
     return [sys.executable, "-m", "celery", "-A", "workers.celery_app", "worker",
-            "--pool", "solo", "--concurrency", "1", "-Q", settings.queue_name,
-            "--loglevel", "INFO", "--hostname", f"local-worker@{os.uname().nodename}"]
+            "--pool", pool, "--concurrency", str(concurrency), "-Q", queue,
+            "--loglevel", "INFO", "--hostname", f"{name}@{os.uname().nodename}"]
 
 
 class Supervisor:
     """Keeps one worker process alive, as a process manager would in production."""
 
-    def __init__(self) -> None:
+    def __init__(self, command: list[str]) -> None:
+        self.command = command
         self.proc: subprocess.Popen[bytes] | None = None
         self.stopping = threading.Event()
 
@@ -36,7 +36,7 @@ class Supervisor:
 
     def _loop(self) -> None:
         while not self.stopping.is_set():
-            self.proc = subprocess.Popen(worker_command())
+            self.proc = subprocess.Popen(self.command)
             code = self.proc.wait()
             if not self.stopping.is_set():
                 log.warning("worker exited with %s; starting a new one", code)
@@ -57,14 +57,23 @@ def main() -> None:
     settings = get_settings()
     for path in (settings.storage_dir, settings.model_dir):
         Path(path).mkdir(parents=True, exist_ok=True)
-    supervisor = Supervisor()
-    supervisor.start()
+    supervisors = [
+        # Training: one job at a time per process (one per GPU in production).
+        Supervisor(worker_command(queue=settings.queue_name, pool="solo", concurrency=1,
+                                  name="trainer")),
+        # Webhooks: light and concurrent, so a long job never delays a delivery.
+        Supervisor(worker_command(queue=settings.webhook_queue_name, pool="threads",
+                                  concurrency=4, name="webhooks")),
+    ]
+    for supervisor in supervisors:
+        supervisor.start()
     print("Distillery API on http://127.0.0.1:8000 (docs: /docs); "
           f"database {settings.database_url}", flush=True)
     try:
         uvicorn.run("app.main:create_app", factory=True, host="127.0.0.1", port=8000)
     finally:
-        supervisor.stop()
+        for supervisor in supervisors:
+            supervisor.stop()
 
 
 if __name__ == "__main__":

@@ -1,4 +1,4 @@
-"""The Celery application: late acks, one message at a time, results ignored (the row is the truth)."""
+"""The Celery app: late acks, one message at a time, results ignored (the row is the truth)."""
 
 from __future__ import annotations
 

@@ -1,0 +1,79 @@
+import pytest
+from pydantic import ValidationError
+
+from workers.distill.config import (
+    PRESETS,
+    DistillConfig,
+    Hyperparameters,
+    StudentConfig,
+    recipe_epochs,
+)
+
+
+def _locs(raw: dict) -> list[tuple]:
+    with pytest.raises(ValidationError) as info:
+        DistillConfig.model_validate(raw)
+    return [e["loc"] for e in info.value.errors()]
+
+
+@pytest.mark.parametrize(
+    ("raw", "loc"),
+    [
+        ({"hyperparameters": {"batch_size": 0}}, ("hyperparameters", "batch_size")),
+        ({"hyperparameters": {"temperature": -1}}, ("hyperparameters", "temperature")),
+        ({"student": {"preset": "huge"}}, ("student", "preset")),
+        ({"student": {"hidden_size": 100}}, ("student", "num_attention_heads")),
+        ({"student": {"preset": None, "num_layers": 2}}, ("student", "hidden_size")),
+        ({"student": {"init": "model"}}, ("student", "init_model")),
+        ({"distillation": {"layer_map": [1, 2]}}, ("distillation", "layer_map")),
+        ({"distillation": {"layer_map": [0, 1, 2, 3]}}, ("distillation", "layer_map")),
+        (
+            {"distillation": {"augmentation": {"enabled": True}}},
+            ("distillation", "augmentation", "mlm_model"),
+        ),
+        ({"distillation": {"augmentation": {"p_t": 1.5}}}, ("distillation", "augmentation", "p_t")),
+        (
+            {"distillation": {"prediction": {"schedule": "step"}}},
+            ("distillation", "prediction", "schedule"),
+        ),
+        ({"seed": -1}, ("seed",)),
+        ({"surprise": 1}, ("surprise",)),
+    ],
+)
+def test_bad_values_raise_with_the_field_loc(raw: dict, loc: tuple) -> None:
+    # a union field adds its member's tag after the field name; the field itself leads
+    assert any(found[: len(loc)] == loc for found in _locs(raw)), _locs(raw)
+
+
+def test_presets_match_the_papers_shapes() -> None:
+    assert PRESETS["tinybert-4l-312d"] == (4, 312, 12, 1200)
+    assert PRESETS["tinybert-6l-768d"] == (6, 768, 12, 3072)
+    assert PRESETS["minilm-3l-384d"] == (3, 384, 12, 1536)
+    assert PRESETS["bert-2l-128d"] == (2, 128, 2, 512)
+    assert StudentConfig(num_layers=3).dims() == (3, 312, 12, 1200)
+
+
+def test_config_is_frozen_and_round_trips_through_json() -> None:
+    config = DistillConfig.model_validate({"distillation": {"layer_map": [3, 6, 9, 12]}})
+    assert DistillConfig.model_validate_json(config.model_dump_json()) == config
+    with pytest.raises(ValidationError):
+        config.seed = 1  # type: ignore[misc]
+
+
+def test_resolved_fills_every_none_and_keeps_explicit_values() -> None:
+    config = DistillConfig(hyperparameters=Hyperparameters(learning_rate=1e-4))
+    resolved = config.resolved(num_train_examples=10_000)
+    d = resolved.distillation
+    for stage in (d.general, d.intermediate, d.prediction, d.teacher_finetune):
+        assert None not in (stage.epochs, stage.learning_rate, stage.warmup_ratio, stage.schedule)
+    assert resolved.hyperparameters.learning_rate == 1e-4
+    assert d.intermediate.learning_rate == 1e-4  # stages inherit the simple knobs
+    assert d.intermediate.epochs == 20 and d.prediction.epochs == 3  # the paper's, at GLUE size
+    assert resolved.hyperparameters.epochs == d.prediction.epochs
+
+
+def test_recipe_scales_epochs_to_the_dataset_size() -> None:
+    small = recipe_epochs("prediction", num_examples=100, batch_size=32)
+    large = recipe_epochs("intermediate", num_examples=5_000_000, batch_size=32)
+    assert small > 3  # a tiny set gets more passes to reach the minimum number of steps
+    assert large == 1  # a huge set is capped by the step budget

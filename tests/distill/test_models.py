@@ -1,0 +1,172 @@
+from pathlib import Path
+
+import pytest
+import torch
+from transformers import AutoModel, AutoModelForSequenceClassification, BertConfig, BertModel
+
+from tests.factories import save_tiny_bert
+from workers.distill import losses as L
+from workers.distill.config import DistillConfig
+from workers.distill.errors import DistillError
+from workers.distill.models import (
+    Projections,
+    QKVCapture,
+    build_student,
+    layer_map,
+    load_teacher,
+    shrink_embeddings,
+    trim_tokenizer,
+)
+
+
+@pytest.mark.parametrize(
+    ("kind", "n", "m", "expected"),
+    [
+        ("uniform", 12, 4, [3, 6, 9, 12]),
+        ("uniform", 12, 6, [2, 4, 6, 8, 10, 12]),
+        ("uniform", 6, 4, [2, 3, 5, 6]),  # N/M not whole: rounded, last meets last
+        ("uniform", 2, 4, [1, 1, 2, 2]),  # a student deeper than its teacher
+        ("top", 12, 4, [9, 10, 11, 12]),
+        ("bottom", 12, 4, [1, 2, 3, 4]),
+        ([1, 5, 12], 12, 3, [1, 5, 12]),
+    ],
+)
+def test_layer_maps(kind: object, n: int, m: int, expected: list[int]) -> None:
+    assert layer_map(kind, teacher_layers=n, student_layers=m) == expected  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(("kind", "n", "m"), [("top", 2, 4), ([1, 13], 12, 2), ([1], 12, 2)])
+def test_impossible_layer_maps_are_user_errors(kind: object, n: int, m: int) -> None:
+    with pytest.raises(DistillError) as info:
+        layer_map(kind, teacher_layers=n, student_layers=m)  # type: ignore[arg-type]
+    assert info.value.code == "config_invalid"
+
+
+def _padded_batch() -> dict[str, torch.Tensor]:
+    torch.manual_seed(1)
+    ids = torch.randint(5, 60, (2, 7))
+    mask = torch.ones(2, 7, dtype=torch.long)
+    mask[1, 4:] = 0
+    return {"input_ids": ids, "attention_mask": mask}
+
+
+def test_captured_scores_equal_eager_attentions_pre_softmax() -> None:
+    config = BertConfig(
+        vocab_size=60,
+        hidden_size=16,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        intermediate_size=32,
+        max_position_embeddings=32,
+    )
+    torch.manual_seed(0)
+    model = BertModel(config).eval()
+    model.set_attn_implementation("eager")
+    batch = _padded_batch()
+    capture = QKVCapture(model, [0, 1], values=False)
+    with torch.no_grad():
+        out = model(**batch, output_attentions=True)
+    mask = batch["attention_mask"]
+    for layer in (0, 1):
+        scores = L.attention_scores(capture.get(layer, "query"), capture.get(layer, "key"), 4)
+        masked = scores.masked_fill(mask[:, None, None, :] == 0, torch.finfo(scores.dtype).min)
+        torch.testing.assert_close(masked.softmax(-1), out.attentions[layer])
+    # the same hooks under SDPA (which returns no weights) see the same projections
+    model.set_attn_implementation("sdpa")
+    eager_q = capture.get(1, "query").clone()
+    with torch.no_grad():
+        model(**batch)
+    torch.testing.assert_close(capture.get(1, "query"), eager_q)
+    capture.close()
+
+
+def test_teacher_with_matching_head_keeps_its_label_order(tmp_path: Path, vocab: list[str]) -> None:
+    path = save_tiny_bert(tmp_path / "t", vocab, labels=("pos", "neg"))
+    teacher = load_teacher(str(path), task="classification", train_labels=["neg", "pos", "neg"])
+    assert teacher.has_head and teacher.labels == ["pos", "neg"]
+    other = load_teacher(str(path), task="classification", train_labels=["a", "b", "c"])
+    assert not other.has_head and other.labels == ["a", "b", "c"]
+    assert other.model.config.num_labels == 3
+
+
+def test_teacher_load_failures_carry_codes(tmp_path: Path, vocab: list[str]) -> None:
+    with pytest.raises(DistillError) as missing:
+        load_teacher(str(tmp_path / "nope"), task="classification", train_labels=["a"])
+    assert missing.value.code == "teacher_not_found"
+    from transformers import GPT2Config
+
+    GPT2Config(n_layer=1, n_embd=8, n_head=2).save_pretrained(tmp_path / "gpt")
+    with pytest.raises(DistillError) as unsupported:
+        load_teacher(str(tmp_path / "gpt"), task="classification", train_labels=["a"])
+    assert unsupported.value.code == "teacher_unsupported"
+
+
+def test_student_from_teacher_layers_copies_the_mapped_layers(teacher_dir: Path) -> None:
+    teacher = load_teacher(str(teacher_dir), task="classification", train_labels=["neg", "pos"])
+    config = DistillConfig.model_validate(
+        {
+            "student": {
+                "preset": None,
+                "num_layers": 2,
+                "hidden_size": 32,
+                "num_attention_heads": 4,
+                "intermediate_size": 64,
+            }
+        }
+    )
+    student = build_student(config, teacher=teacher, task="classification", labels=teacher.labels)
+    t_layers, s_layers = teacher.model.bert.encoder.layer, student.bert.encoder.layer
+    for m, g in enumerate([2, 4]):  # uniform 4 -> 2
+        for (name, p_s), p_t in zip(
+            s_layers[m].named_parameters(), t_layers[g - 1].parameters(), strict=True
+        ):
+            assert torch.equal(p_s, p_t), name
+    assert torch.equal(student.classifier.weight, teacher.model.classifier.weight)
+    assert student.config.num_hidden_layers == 2 and student.config.id2label == {0: "neg", 1: "pos"}
+
+
+def test_presets_build_their_shapes(teacher_dir: Path) -> None:
+    teacher = load_teacher(str(teacher_dir), task="classification", train_labels=["neg", "pos"])
+    config = DistillConfig.model_validate({"student": {"preset": "bert-2l-128d"}})
+    student = build_student(config, teacher=teacher, task="classification", labels=teacher.labels)
+    c = student.config
+    assert (c.num_hidden_layers, c.hidden_size, c.num_attention_heads, c.intermediate_size) == (
+        2,
+        128,
+        2,
+        512,
+    )
+
+
+def test_student_from_another_model(tmp_path: Path, vocab: list[str], teacher_dir: Path) -> None:
+    init = save_tiny_bert(
+        tmp_path / "init", vocab, head=None, layers=1, hidden=8, heads=2, intermediate=16
+    )
+    teacher = load_teacher(str(teacher_dir), task="classification", train_labels=["neg", "pos"])
+    config = DistillConfig.model_validate({"student": {"init": "model", "init_model": str(init)}})
+    student = build_student(config, teacher=teacher, task="classification", labels=teacher.labels)
+    base = AutoModel.from_pretrained(init)
+    assert torch.equal(
+        student.bert.embeddings.word_embeddings.weight, base.embeddings.word_embeddings.weight
+    )
+
+
+def test_projections_start_at_identity_for_equal_widths() -> None:
+    x = torch.randn(2, 3, 8)
+    torch.testing.assert_close(Projections(8, 8).hidden(x), x)
+    assert Projections(4, 8).hidden(torch.randn(2, 3, 4)).shape == (2, 3, 8)
+
+
+def test_trimmed_vocabulary_tokenises_seen_text_the_same(teacher_dir: Path) -> None:
+    model = AutoModelForSequenceClassification.from_pretrained(teacher_dir)
+    teacher = load_teacher(str(teacher_dir), task="classification", train_labels=["neg", "pos"])
+    tok = teacher.tokenizer
+    text = "a clever, brutal movie."
+    ids = tok(text)["input_ids"]
+    trimmed, kept = trim_tokenizer(tok, set(ids))
+    assert len(trimmed) == len(kept) < len(tok)
+    assert trimmed.convert_ids_to_tokens(trimmed(text)["input_ids"]) == tok.convert_ids_to_tokens(
+        ids
+    )
+    shrink_embeddings(model, kept)
+    assert model.get_input_embeddings().weight.shape[0] == len(kept)

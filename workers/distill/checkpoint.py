@@ -1,0 +1,105 @@
+"""Save and load {student, projections, optimizer, scheduler, step, rng, data order, config}."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import random
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from transformers import PreTrainedModel
+
+from .errors import DistillError
+
+FORMAT = 1
+CHECKPOINT_FILE = "last.pt"
+TEACHER_DIR = "teacher-finetuned"
+
+
+@dataclass
+class Checkpoint:
+    fingerprint: str  # config + teacher + data; a different one refuses to resume
+    config_json: str
+    stage_index: int  # the stage to run next, or the one in progress
+    stage_step: int  # optimizer steps done in that stage; the data-order position follows
+    global_step: int
+    student: dict[str, torch.Tensor] | None = None
+    projections: dict[str, torch.Tensor] | None = None
+    teacher: dict[str, torch.Tensor] | None = None  # only while the teacher is being fine-tuned
+    optimizer: dict[str, Any] | None = None
+    scheduler: dict[str, Any] | None = None
+    rng: dict[str, Any] = field(default_factory=dict)
+
+
+def fingerprint(*parts: str) -> str:
+    h = hashlib.sha256()
+    for part in parts:
+        h.update(part.encode())
+        h.update(b"\0")
+    return h.hexdigest()
+
+
+def rng_state() -> dict[str, Any]:
+    py_version, py_state, py_gauss = random.getstate()
+    np_state: tuple[Any, ...] = tuple(np.random.get_state())
+    state: dict[str, Any] = {
+        "python": [py_version, list(py_state), py_gauss],
+        "numpy": [np_state[0], torch.from_numpy(np_state[1].copy()), *np_state[2:]],
+        "torch": torch.get_rng_state(),
+    }
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    version, py_state, gauss = state["python"]
+    random.setstate((version, tuple(py_state), gauss))
+    name, keys, pos, has_gauss, cached = state["numpy"]
+    np.random.set_state((name, keys.numpy(), pos, has_gauss, cached))
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def save(directory: Path, ckpt: Checkpoint) -> Path:
+    """Write atomically: a temp file in the same folder, then os.replace."""
+    directory.mkdir(parents=True, exist_ok=True)
+    path = directory / CHECKPOINT_FILE
+    tmp = directory / f".{CHECKPOINT_FILE}.tmp"
+    payload = {"format": FORMAT, **ckpt.__dict__}
+    with open(tmp, "wb") as f:
+        torch.save(payload, f)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+    return path
+
+
+def load(directory: Path) -> Checkpoint | None:
+    path = directory / CHECKPOINT_FILE
+    if not path.exists():
+        return None
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # a torn or foreign file; never half-resume from it
+        raise DistillError("checkpoint_corrupt", f"cannot read {path}: {exc}") from exc
+    if payload.pop("format", None) != FORMAT:
+        raise DistillError("checkpoint_mismatch", f"{path} was written by another engine version")
+    return Checkpoint(**payload)
+
+
+def save_model_dir(model: PreTrainedModel, directory: Path) -> None:
+    """save_pretrained into a temp folder, then swap it in whole."""
+    tmp = directory.with_name(directory.name + ".tmp")
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    model.save_pretrained(tmp, safe_serialization=True)
+    if directory.exists():
+        shutil.rmtree(directory)
+    os.replace(tmp, directory)

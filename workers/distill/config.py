@@ -1,0 +1,287 @@
+"""DistillConfig and friends: frozen pydantic models, JSON in and out; no torch, no transformers."""
+
+from __future__ import annotations
+
+import math
+from typing import Annotated, Literal, NamedTuple, Self
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic_core import InitErrorDetails, PydanticCustomError
+
+PresetName = Literal["tinybert-4l-312d", "tinybert-6l-768d", "minilm-3l-384d", "bert-2l-128d"]
+Schedule = Literal["linear", "cosine", "constant"]
+LayerMapKind = Literal["uniform", "top", "bottom"]
+TeacherLayer = Annotated[int, Field(ge=1, le=256)]
+
+
+class StudentDims(NamedTuple):
+    num_layers: int
+    hidden_size: int
+    num_attention_heads: int
+    intermediate_size: int
+
+
+PRESETS: dict[str, StudentDims] = {
+    "tinybert-4l-312d": StudentDims(4, 312, 12, 1200),
+    "tinybert-6l-768d": StudentDims(6, 768, 12, 3072),
+    "minilm-3l-384d": StudentDims(3, 384, 12, 1536),
+    "bert-2l-128d": StudentDims(2, 128, 2, 512),
+}
+
+
+class _Frozen(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    def _fail(self, loc: tuple[str | int, ...], message: str, value: object) -> ValidationError:
+        """A ValidationError whose loc names the offending field, for a cross-field rule."""
+        error = PydanticCustomError("value_error", message)  # type: ignore[call-arg]
+        details = InitErrorDetails(type=error, loc=loc, input=value)
+        return ValidationError.from_exception_data(type(self).__name__, [details])
+
+
+class StudentConfig(_Frozen):
+    """The student's shape and where its first weights come from."""
+
+    preset: PresetName | None = "tinybert-4l-312d"
+    num_layers: int | None = Field(default=None, ge=1, le=48)
+    hidden_size: int | None = Field(default=None, ge=8, le=8192)
+    num_attention_heads: int | None = Field(default=None, ge=1, le=128)
+    intermediate_size: int | None = Field(default=None, ge=8, le=32768)
+    # auto = teacher_layers when the widths match the teacher's, else random
+    init: Literal["auto", "random", "teacher_layers", "model"] = "auto"
+    init_model: str | None = Field(default=None, min_length=1, max_length=500)
+    trim_vocab: bool = False
+
+    @model_validator(mode="after")
+    def _check(self) -> Self:
+        if self.init == "model":
+            if self.init_model is None:
+                raise self._fail(("init_model",), "init='model' needs init_model", None)
+            return self
+        if self.init_model is not None:
+            raise self._fail(
+                ("init_model",), "init_model is only used with init='model'", self.init_model
+            )
+        if self.preset is None:
+            missing = [
+                name
+                for name in (
+                    "num_layers",
+                    "hidden_size",
+                    "num_attention_heads",
+                    "intermediate_size",
+                )
+                if getattr(self, name) is None
+            ]
+            if missing:
+                raise self._fail((missing[0],), "required when preset is null", None)
+        dims = self.dims()
+        if dims.hidden_size % dims.num_attention_heads:
+            raise self._fail(
+                ("num_attention_heads",),
+                f"num_attention_heads ({dims.num_attention_heads}) must divide "
+                f"hidden_size ({dims.hidden_size})",
+                dims.num_attention_heads,
+            )
+        return self
+
+    def dims(self) -> StudentDims:
+        """The preset's dimensions with every explicit field laid over them."""
+        base = PRESETS[self.preset] if self.preset else StudentDims(0, 0, 0, 0)
+        return StudentDims(
+            self.num_layers or base.num_layers,
+            self.hidden_size or base.hidden_size,
+            self.num_attention_heads or base.num_attention_heads,
+            self.intermediate_size or base.intermediate_size,
+        )
+
+
+class Hyperparameters(_Frozen):
+    """The simple knobs: they drive the prediction stage and are what other stages inherit."""
+
+    epochs: int | None = Field(default=None, ge=1, le=1000)
+    learning_rate: float | None = Field(default=None, gt=0.0, le=1.0)
+    batch_size: int = Field(default=32, ge=1, le=4096)
+    max_seq_length: int = Field(default=128, ge=8, le=8192)
+    temperature: float = Field(default=1.0, gt=0.0, le=100.0)
+    warmup_ratio: float | None = Field(default=None, ge=0.0, le=1.0)
+    weight_decay: float = Field(default=0.01, ge=0.0, le=1.0)
+
+
+class StageConfig(_Frozen):
+    """Optional per-stage overrides; None inherits from Hyperparameters, then the recipe."""
+
+    enabled: bool = True
+    epochs: int | None = Field(default=None, ge=1, le=1000)
+    learning_rate: float | None = Field(default=None, gt=0.0, le=1.0)
+    warmup_ratio: float | None = Field(default=None, ge=0.0, le=1.0)
+    schedule: Schedule | None = None
+
+
+class LossWeights(_Frozen):
+    embedding: float = Field(default=1.0, ge=0.0, le=1000.0)
+    attention: float = Field(default=1.0, ge=0.0, le=1000.0)
+    hidden: float = Field(default=1.0, ge=0.0, le=1000.0)
+    prediction: float = Field(default=1.0, ge=0.0, le=1000.0)
+    hard_label: float = Field(default=0.0, ge=0.0, le=1000.0)
+    regression: float = Field(default=1.0, ge=0.0, le=1000.0)
+
+
+class AugmentationConfig(_Frozen):
+    """TinyBERT data augmentation: masked-LM replacement of single-piece words."""
+
+    enabled: bool = False
+    mlm_model: str | None = Field(default=None, min_length=1, max_length=500)
+    p_t: float = Field(default=0.4, ge=0.0, le=1.0)
+    n_a: int = Field(default=20, ge=1, le=1000)
+    k: int = Field(default=15, ge=1, le=1000)
+    batch_size: int = Field(default=64, ge=1, le=4096)
+    max_examples: int = Field(default=1_000_000, ge=1)
+
+    @model_validator(mode="after")
+    def _check(self) -> Self:
+        if self.enabled and self.mlm_model is None:
+            raise self._fail(("mlm_model",), "augmentation needs a masked-LM path or hub id", None)
+        return self
+
+
+class DistillationConfig(_Frozen):
+    # general distillation on the training texts; on by itself for task="general"
+    general: StageConfig = StageConfig(enabled=False)
+    intermediate: StageConfig = StageConfig()
+    prediction: StageConfig = StageConfig()
+    # runs only when the teacher has no head for the labels
+    teacher_finetune: StageConfig = StageConfig()
+    layer_map: LayerMapKind | list[TeacherLayer] = "uniform"
+    # relation = MiniLMv2 self-attention relations; auto picks it when head counts differ
+    attention_loss: Literal["auto", "mse", "relation"] = "auto"
+    relation_heads: int | None = Field(default=None, ge=1, le=256)
+    weights: LossWeights = LossWeights()
+    augmentation: AugmentationConfig = AugmentationConfig()
+
+
+class ExportConfig(_Frozen):
+    onnx: bool = True
+    int8: bool = True
+    opset: int = Field(default=17, ge=14, le=21)
+    # timed forward passes per latency figure, after one warm-up
+    latency_runs: int = Field(default=20, ge=1, le=10_000)
+
+
+class DistillConfig(_Frozen):
+    task: Literal["classification", "regression", "general"] = "classification"
+    student: StudentConfig = StudentConfig()
+    hyperparameters: Hyperparameters = Hyperparameters()
+    distillation: DistillationConfig = DistillationConfig()
+    export: ExportConfig = ExportConfig()
+    seed: int = Field(default=42, ge=0, le=2**32 - 1)
+    checkpoint_every_steps: int = Field(default=500, ge=1, le=10_000_000)
+    log_every_steps: int = Field(default=50, ge=1, le=10_000_000)
+    validation_fraction: float = Field(default=0.1, gt=0.0, lt=1.0)
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    bf16: bool = True
+
+    @model_validator(mode="after")
+    def _check(self) -> Self:
+        layer_map = self.distillation.layer_map
+        if isinstance(layer_map, list) and self.student.init != "model":
+            num_layers = self.student.dims().num_layers
+            if len(layer_map) != num_layers:
+                raise self._fail(
+                    ("distillation", "layer_map"),
+                    f"lists {len(layer_map)} teacher layers for a student with {num_layers}",
+                    layer_map,
+                )
+        return self
+
+    def resolved(self, *, num_train_examples: int) -> DistillConfig:
+        """A copy with every None filled from the recipe, scaled to the dataset size."""
+        return resolve(self, num_train_examples=num_train_examples)
+
+
+# --- the default recipe --------------------------------------------------------------------------
+# TinyBERT: task distillation 20 epochs of intermediate layers (lr 5e-5) then 3 of prediction
+# (lr 3e-5), batch 32, warm-up 10%; general distillation 3 epochs at 1e-4; the teacher's own
+# fine-tuning 3 epochs at 2e-5 as in BERT. The paper's epoch counts assume GLUE-sized (and
+# augmented) data, so the recipe bounds the steps: a small set gets more epochs so the student
+# sees enough updates, a large one fewer so a job finishes.
+
+
+class _StageRecipe(NamedTuple):
+    epochs: int
+    learning_rate: float
+    min_steps: int
+    max_steps: int
+    max_epochs: int
+
+
+RECIPE: dict[str, _StageRecipe] = {
+    "teacher_finetune": _StageRecipe(3, 2e-5, 300, 20_000, 20),
+    "general": _StageRecipe(3, 1e-4, 500, 100_000, 20),
+    "intermediate": _StageRecipe(20, 5e-5, 1_000, 50_000, 50),
+    "prediction": _StageRecipe(3, 3e-5, 300, 20_000, 20),
+}
+RECIPE_WARMUP_RATIO = 0.1
+RECIPE_SCHEDULE: Schedule = "linear"
+
+
+def recipe_epochs(stage: str, *, num_examples: int, batch_size: int) -> int:
+    """The paper's epochs for a stage, bounded so the stage runs min_steps..max_steps steps."""
+    r = RECIPE[stage]
+    steps_per_epoch = max(1, math.ceil(num_examples / batch_size))
+    epochs = min(r.epochs, max(1, r.max_steps // steps_per_epoch))
+    return max(epochs, min(r.max_epochs, math.ceil(r.min_steps / steps_per_epoch)))
+
+
+def recipe_learning_rate(stage: str, *, batch_size: int) -> float:
+    """The paper's rate at batch 32, square-root scaled to another batch size."""
+    return RECIPE[stage].learning_rate * math.sqrt(batch_size / 32)
+
+
+def resolve(config: DistillConfig, *, num_train_examples: int) -> DistillConfig:
+    if num_train_examples < 1:
+        raise ValueError("num_train_examples must be at least 1")
+    hp = config.hyperparameters
+    n, bs = num_train_examples, hp.batch_size
+
+    def stage(name: str, s: StageConfig) -> StageConfig:
+        return s.model_copy(
+            update={
+                "epochs": s.epochs
+                or hp.epochs
+                or recipe_epochs(name, num_examples=n, batch_size=bs),
+                "learning_rate": s.learning_rate
+                or hp.learning_rate
+                or recipe_learning_rate(name, batch_size=bs),
+                "warmup_ratio": _first(s.warmup_ratio, hp.warmup_ratio, RECIPE_WARMUP_RATIO),
+                "schedule": s.schedule or RECIPE_SCHEDULE,
+            }
+        )
+
+    d = config.distillation
+    prediction = stage("prediction", d.prediction)
+    distillation = d.model_copy(
+        update={
+            "general": stage("general", d.general),
+            "intermediate": stage("intermediate", d.intermediate),
+            "prediction": prediction,
+            "teacher_finetune": stage("teacher_finetune", d.teacher_finetune),
+        }
+    )
+    hyperparameters = hp.model_copy(
+        update={
+            "epochs": prediction.epochs,
+            "learning_rate": prediction.learning_rate,
+            "warmup_ratio": prediction.warmup_ratio,
+        }
+    )
+    return config.model_copy(
+        update={"distillation": distillation, "hyperparameters": hyperparameters}
+    )
+
+
+def _first(*values: float | None) -> float:
+    for v in values:
+        if v is not None:
+            return v
+    raise ValueError("no value")

@@ -1,7 +1,7 @@
 """Import every ORM module so Base.metadata is complete (Alembic and tests use this)."""
 
 from app.artifacts.models import Artifact
-from app.auth.models import Tenant
+from app.auth.models import ApiKey, Tenant
 from app.datasets.models import Dataset
 from app.db import Base
 from app.idempotency import IdempotencyKey
@@ -9,6 +9,6 @@ from app.jobs.models import Job, JobCheckpoint, JobEvent, JobMetric, WebhookDeli
 from app.models.models import Model
 
 __all__ = [
-    "Artifact", "Base", "Dataset", "IdempotencyKey", "Job", "JobCheckpoint", "JobEvent",
+    "ApiKey", "Artifact", "Base", "Dataset", "IdempotencyKey", "Job", "JobCheckpoint", "JobEvent",
     "JobMetric", "Model", "Tenant", "WebhookDelivery",
 ]

@@ -335,8 +335,8 @@ class _BarState:
             self.bar.update(self.task, stage=data["stage"])
         if isinstance(data.get("step"), int):
             self.bar.update(self.task, completed=data["step"])
-        losses = data.get("losses")
-        if event.type == "loss" and isinstance(losses, dict) and "total" in losses:
+        losses = data.get("losses")  # on loss and stage_finished events
+        if isinstance(losses, dict) and isinstance(losses.get("total"), int | float):
             self.bar.update(self.task, loss=f"loss {float(losses['total']):.4f}")
         if event.type in ("evaluation", "stage_finished") or event.level in ("warning",
                                                                              "error"):
@@ -445,17 +445,20 @@ def _print_job(job: Job) -> None:
     }
     if job.error is not None:
         fields["error"] = f"[red]{job.error.code}[/]: {job.error.message}"
-    for name, value in _flatten(job.metrics or {}).items():
+    # The headline numbers; latency and ONNX detail sit deeper, in --json.
+    for name, value in _flatten(job.metrics or {}, depth=2).items():
         fields[f"metrics.{name}"] = _plain(value)
     _print_fields(fields)
 
 
-def _flatten(metrics: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    """{"student": {"accuracy": 0.9}} -> {"student.accuracy": 0.9}; lists are left out."""
+def _flatten(metrics: dict[str, Any], *, depth: int, prefix: str = "") -> dict[str, Any]:
+    """{"student": {"accuracy": 0.9}} -> {"student.accuracy": 0.9}, down to `depth` levels;
+    lists are left out."""
     flat: dict[str, Any] = {}
     for key, value in metrics.items():
         if isinstance(value, dict):
-            flat.update(_flatten(value, f"{prefix}{key}."))
+            if depth > 1:
+                flat.update(_flatten(value, depth=depth - 1, prefix=f"{prefix}{key}."))
         elif not isinstance(value, list):
             flat[f"{prefix}{key}"] = value
     return flat

@@ -26,6 +26,7 @@ from datetime import datetime
 from pathlib import Path
 from types import TracebackType
 from typing import Any, Generic, Literal, TypeVar
+from urllib.parse import quote
 
 import httpx
 from pydantic import BaseModel, ConfigDict, ValidationError
@@ -304,7 +305,7 @@ class DistilleryClient:
         return self._upload("/v1/datasets", Path(path), Dataset, idempotency_key)
 
     def get_dataset(self, dataset_id: str) -> Dataset:
-        return _parse(Dataset, self._json("GET", f"/v1/datasets/{dataset_id}"))
+        return _parse(Dataset, self._json("GET", f"/v1/datasets/{_q(dataset_id)}"))
 
     def list_datasets(self, *, limit: int = 20, after: str | None = None,
                       ) -> Iterator[Page[Dataset]]:
@@ -322,7 +323,8 @@ class DistilleryClient:
             return self._upload("/v1/models", archive, Model, idempotency_key)
 
     def get_model(self, model_id: str) -> Model:
-        return _parse(Model, self._json("GET", f"/v1/models/{model_id}"))
+        # Catalog and hub-style ids ("org/name") keep their slash.
+        return _parse(Model, self._json("GET", f"/v1/models/{quote(model_id, safe='/')}"))
 
     def list_models(self, *, limit: int = 20, after: str | None = None) -> Iterator[Page[Model]]:
         """Pages of uploads, newest first; the first page also carries the catalog."""
@@ -338,7 +340,7 @@ class DistilleryClient:
                                       idempotency_key=idempotency_key))
 
     def get_job(self, job_id: str) -> Job:
-        return _parse(Job, self._json("GET", f"/v1/jobs/{job_id}"))
+        return _parse(Job, self._json("GET", f"/v1/jobs/{_q(job_id)}"))
 
     def list_jobs(self, *, limit: int = 20, after: str | None = None, status: str | None = None,
                   created_after: datetime | str | None = None) -> Iterator[Page[Job]]:
@@ -352,25 +354,25 @@ class DistilleryClient:
 
     def cancel_job(self, job_id: str) -> Job:
         """Queued jobs end at once, running ones at their next step; 409 once a job ended."""
-        return _parse(Job, self._json("POST", f"/v1/jobs/{job_id}/cancel"))
+        return _parse(Job, self._json("POST", f"/v1/jobs/{_q(job_id)}/cancel"))
 
     def events(self, job_id: str, *, after: int | None = None,
                limit: int | None = None) -> Page[Event]:
         params = {k: v for k, v in {"after": after, "limit": limit}.items() if v is not None}
-        return _parse(Page[Event], self._json("GET", f"/v1/jobs/{job_id}/events",
+        return _parse(Page[Event], self._json("GET", f"/v1/jobs/{_q(job_id)}/events",
                                               params=params))
 
     def metrics(self, job_id: str) -> Metrics:
-        return _parse(Metrics, self._json("GET", f"/v1/jobs/{job_id}/metrics"))
+        return _parse(Metrics, self._json("GET", f"/v1/jobs/{_q(job_id)}/metrics"))
 
     def list_artifacts(self, job_id: str) -> list[Artifact]:
-        data = self._json("GET", f"/v1/jobs/{job_id}/artifacts")
+        data = self._json("GET", f"/v1/jobs/{_q(job_id)}/artifacts")
         return [_parse(Artifact, item) for item in data]
 
     def stream_events(self, job_id: str, last_event_id: int | None = None) -> Iterator[Event]:
         """Live events over SSE until the job ends. A dropped connection is reopened with
-        Last-Event-ID, so no event is lost or repeated; max_retries failed reconnects in a
-        row raise DistilleryError."""
+        Last-Event-ID, so no event is lost or repeated; max_retries drops in a row without a
+        new event raise DistilleryError (stream_lost)."""
         last = last_event_id
         failures = 0
         while True:
@@ -380,15 +382,13 @@ class DistilleryClient:
             cause: Exception | None = None
             received = 0
             try:
-                with self._stream("GET", f"/v1/jobs/{job_id}/events", params={"stream": "true"},
-                                  headers=headers) as response:
-                    failures = 0
+                with self._stream("GET", f"/v1/jobs/{_q(job_id)}/events",
+                                  params={"stream": "true"}, headers=headers) as response:
                     for _, sse_type, data in parse_sse(response.iter_lines()):
                         event = self._sse_event(sse_type, data)
                         if event is None:
                             continue
-                        last = event.id
-                        received += 1
+                        last, received, failures = event.id, received + 1, 0
                         yield event
                         if event.type in TERMINAL_EVENTS:
                             return
@@ -465,7 +465,7 @@ class DistilleryClient:
         if have:
             # If-Range: a replaced artifact (another attempt of the job) comes back whole.
             headers.update({"Range": f"bytes={have}-", "If-Range": f'"{artifact.sha256}"'})
-        with self._stream("GET", f"/v1/jobs/{job_id}/artifacts/{artifact.name}",
+        with self._stream("GET", f"/v1/jobs/{_q(job_id)}/artifacts/{_q(artifact.name)}",
                           headers=headers) as response:
             if response.status_code == 200:
                 have = 0
@@ -577,6 +577,11 @@ class DistilleryClient:
         if isinstance(exc, DistilleryError) and exc.retry_after is not None:
             delay = max(delay, min(exc.retry_after, MAX_RETRY_AFTER_S))
         return delay
+
+
+def _q(segment: str) -> str:
+    """An id as one path segment, whatever the caller typed."""
+    return quote(segment, safe="")
 
 
 def _retryable(exc: BaseException) -> bool:

@@ -32,6 +32,9 @@ class Settings(BaseSettings):
     max_archive_members: int = Field(default=200, gt=0)
 
     default_tenant: str = "default"
+    # Per-tenant defaults; a tenant row may set its own.
+    max_active_jobs_per_tenant: int = Field(default=100, gt=0)
+    max_stored_bytes_per_tenant: int = Field(default=50 * 1024**3, gt=0)
 
 
 @lru_cache(maxsize=1)

@@ -76,6 +76,8 @@ def get_engine() -> Engine:
 
 
 def session_factory() -> sessionmaker[Session]:
+    import app.all_models  # noqa: F401  (every mapper registered before the first query)
+
     return sessionmaker(bind=get_engine(), expire_on_commit=False)
 
 

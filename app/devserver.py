@@ -52,6 +52,21 @@ class Supervisor:
                 self.proc.kill()
 
 
+def local_api_key(path: Path) -> str:
+    """The quick start's key for the default tenant: made on first start, kept in ./var."""
+    if path.is_file():
+        return path.read_text().strip()
+    from app.auth.service import create_key
+    from app.db import session_factory
+
+    with session_factory().begin() as session:
+        _, plaintext = create_key(session, tenant_id=get_settings().default_tenant,
+                                  name="make run")
+    path.write_text(plaintext + "\n")
+    path.chmod(0o600)
+    return plaintext
+
+
 def main() -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
     settings = get_settings()
@@ -67,8 +82,12 @@ def main() -> None:
     ]
     for supervisor in supervisors:
         supervisor.start()
+    key_file = Path("var/local-api-key")
+    key = local_api_key(key_file)
     print("Distillery API on http://127.0.0.1:8000 (docs: /docs); "
-          f"database {settings.database_url}", flush=True)
+          f"database {settings.database_url}\n"
+          f"Local API key (tenant '{settings.default_tenant}', kept in {key_file}):\n  {key}\n"
+          f"  export DISTILLERY_API_KEY={key}", flush=True)
     try:
         uvicorn.run("app.main:create_app", factory=True, host="127.0.0.1", port=8000)
     finally:

@@ -60,6 +60,17 @@ def database() -> Iterator[str]:
 
 
 @pytest.fixture(scope="session")
+def api_key(database: str) -> str:
+    """A committed key of the default tenant; every test client sends it."""
+    from app.auth.service import create_key
+    from app.db import session_factory
+
+    with session_factory().begin() as session:
+        _, plaintext = create_key(session, tenant_id=get_settings().default_tenant, name="tests")
+    return plaintext
+
+
+@pytest.fixture(scope="session")
 def redis_client() -> Iterator[redis.Redis]:
     client = redis.Redis.from_url(get_settings().broker_url)
     client.ping()
@@ -90,7 +101,7 @@ def db_session(database: str) -> Iterator[Session]:
 
 
 @pytest.fixture()
-def client(db_session: Session, queue: redis.Redis) -> Iterator[TestClient]:
+def client(db_session: Session, queue: redis.Redis, api_key: str) -> Iterator[TestClient]:
     """The API with every request inside the test's rolled-back transaction."""
     app = create_app()
 
@@ -103,14 +114,14 @@ def client(db_session: Session, queue: redis.Redis) -> Iterator[TestClient]:
             raise
 
     app.dependency_overrides[get_session] = _session
-    with TestClient(app) as test_client:
+    with TestClient(app, headers={"Authorization": f"Bearer {api_key}"}) as test_client:
         yield test_client
 
 
 @pytest.fixture()
-def committing_client(database: str) -> Iterator[TestClient]:
+def committing_client(api_key: str) -> Iterator[TestClient]:
     """The API as deployed: real commits that a worker process can see."""
-    with TestClient(create_app()) as test_client:
+    with TestClient(create_app(), headers={"Authorization": f"Bearer {api_key}"}) as test_client:
         yield test_client
 
 

@@ -8,8 +8,8 @@ from app.artifacts.schemas import ArtifactPublic
 from app.db import SessionDep
 from app.deps import TenantDep
 from app.errors import AppError
-from app.openapi import errors
 from app.jobs.service import get_job
+from app.openapi import errors
 from app.storage import get_storage
 
 router = APIRouter(prefix="/v1/jobs/{job_id}/artifacts", tags=["artifacts"])

@@ -6,6 +6,7 @@ from fastapi import APIRouter, File, UploadFile, status
 from fastapi.responses import JSONResponse
 
 from app import idempotency
+from app.auth.service import check_storage_quota, upload_limit
 from app.config import get_settings
 from app.datasets import service
 from app.datasets.schemas import DatasetPublic
@@ -26,12 +27,16 @@ async def upload_dataset(session: SessionDep, tenant: TenantDep,
                              description="JSONL or CSV with text, optional text_pair, label")],
                          idempotency_key: idempotency.KeyHeader = None) -> Any:
     """Validate every row and store the dataset; a bad row is a 422 naming line and field."""
-    upload = await spool(file, max_bytes=get_settings().max_dataset_bytes)
+    settings = get_settings()
+    upload = await spool(file, max_bytes=upload_limit(
+        session, settings=settings, tenant_id=tenant, default=settings.max_dataset_bytes))
     try:
         if idempotency_key and (replay := idempotency.begin(
                 session, tenant_id=tenant, key=idempotency_key, endpoint="POST /v1/datasets",
                 fingerprint=idempotency.request_hash(upload.filename, upload.sha256))):
             return JSONResponse(replay.body, status_code=replay.status_code)
+        check_storage_quota(session, settings=settings, tenant_id=tenant,
+                            incoming_bytes=upload.size_bytes)
         dataset = service.create_dataset(session, storage=get_storage(), tenant_id=tenant,
                                          upload=upload)
     finally:

@@ -38,7 +38,7 @@ STREAM_POLL_S = 0.5  # cost: one indexed SELECT per open stream per poll
 
 
 @router.post("", status_code=status.HTTP_201_CREATED, response_model=JobPublic,
-             responses=errors(404, 409, 422, 503))
+             responses=errors(404, 409, 422, 429, 503))
 def create_job(body: JobCreate, session: SessionDep, tenant: TenantDep,
                idempotency_key: idempotency.KeyHeader = None) -> Any:
     """Create a distillation job and queue it. Retry safely with an `Idempotency-Key`."""

@@ -11,6 +11,7 @@ from pathlib import Path
 from pydantic import ValidationError
 from sqlalchemy.orm import Session
 
+from app.auth.service import check_job_quota
 from app.config import Settings
 from app.datasets.models import Dataset
 from app.datasets.service import get_dataset
@@ -71,6 +72,7 @@ def _check_datasets(task: str, train: Dataset, validation: Dataset | None) -> No
 
 def create_job(session: Session, *, settings: Settings, tenant_id: str,
                request: JobCreate) -> Job:
+    check_job_quota(session, settings=settings, tenant_id=tenant_id)
     train = get_dataset(session, tenant_id=tenant_id, dataset_id=request.dataset, field="dataset")
     validation = None
     if request.validation_dataset is not None:

@@ -6,6 +6,7 @@ from fastapi import APIRouter, File, UploadFile, status
 from fastapi.responses import JSONResponse
 
 from app import idempotency
+from app.auth.service import check_storage_quota, upload_limit
 from app.config import get_settings
 from app.db import SessionDep
 from app.deps import TenantDep
@@ -27,12 +28,15 @@ async def upload_model(session: SessionDep, tenant: TenantDep,
                        idempotency_key: idempotency.KeyHeader = None) -> Any:
     """Upload a teacher: safetensors weights only, BERT model_type, no custom code."""
     settings = get_settings()
-    upload = await spool(file, max_bytes=settings.max_model_bytes)
+    upload = await spool(file, max_bytes=upload_limit(
+        session, settings=settings, tenant_id=tenant, default=settings.max_model_bytes))
     try:
         if idempotency_key and (replay := idempotency.begin(
                 session, tenant_id=tenant, key=idempotency_key, endpoint="POST /v1/models",
                 fingerprint=idempotency.request_hash(upload.filename, upload.sha256))):
             return JSONResponse(replay.body, status_code=replay.status_code)
+        check_storage_quota(session, settings=settings, tenant_id=tenant,
+                            incoming_bytes=upload.size_bytes)
         model = service.create_model(session, storage=get_storage(), settings=settings,
                                      tenant_id=tenant, upload=upload)
     finally:

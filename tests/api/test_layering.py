@@ -20,10 +20,14 @@ def test_api_imports_neither_torch_nor_transformers() -> None:
 
 EMBEDDED_SMOKE = """
 import sys
+from pathlib import Path
 from fastapi.testclient import TestClient
+from app.devserver import local_api_key
 from app.main import create_app
 
-with TestClient(create_app()) as client:
+key = local_api_key(Path(sys.argv[2]))
+assert local_api_key(Path(sys.argv[2])) == key  # made once, then reused
+with TestClient(create_app(), headers={"Authorization": f"Bearer {key}"}) as client:
     data = open(sys.argv[1], "rb").read()
     response = client.post("/v1/datasets", files={"file": ("train.jsonl", data)})
     assert response.status_code == 201, response.text
@@ -46,7 +50,8 @@ def test_embedded_default_serves_requests_in_a_fresh_process(tmp_path: Path) -> 
     subprocess.run([sys.executable, "-m", "alembic", "upgrade", "head"], cwd=ROOT, env=env,
                    check=True, capture_output=True)
     result = subprocess.run([sys.executable, "-c", EMBEDDED_SMOKE,
-                             str(TINY_SENTIMENT / "train.jsonl")], cwd=ROOT, env=env,
+                             str(TINY_SENTIMENT / "train.jsonl"), str(tmp_path / "key")],
+                            cwd=ROOT, env=env,
                             capture_output=True, text=True)
     assert result.returncode == 0, result.stderr[-3000:]
     assert result.stdout.strip().endswith("ok")

@@ -1,0 +1,48 @@
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from sqlalchemy import func, select, union_all
+from sqlalchemy.orm import Session
+
+from app.artifacts.models import Artifact
+from app.auth.models import ApiKey, Tenant
+from app.datasets.models import Dataset
+from app.jobs.models import Job, JobStatus
+from app.models.models import Model
+
+
+def get_tenant(session: Session, tenant_id: str) -> Tenant | None:
+    return session.get(Tenant, tenant_id)
+
+
+def add(session: Session, row: Tenant | ApiKey) -> None:
+    session.add(row)
+    session.flush()
+
+
+def key_by_hash(session: Session, key_hash: str) -> ApiKey | None:
+    return session.scalar(select(ApiKey).where(ApiKey.key_hash == key_hash))
+
+
+def get_key(session: Session, key_id: str) -> ApiKey | None:
+    return session.get(ApiKey, key_id)
+
+
+def keys(session: Session, *, tenant_id: str | None) -> Sequence[ApiKey]:
+    query = select(ApiKey).order_by(ApiKey.created_at)
+    if tenant_id is not None:
+        query = query.where(ApiKey.tenant_id == tenant_id)
+    return session.scalars(query).all()
+
+
+def active_jobs(session: Session, tenant_id: str) -> int:
+    return session.scalar(select(func.count()).select_from(Job).where(
+        Job.tenant_id == tenant_id, Job.status.in_([JobStatus.queued, JobStatus.running]))) or 0
+
+
+def stored_bytes(session: Session, tenant_id: str) -> int:
+    parts = union_all(*(select(func.coalesce(func.sum(t.size_bytes), 0).label("n"))
+                        .where(t.tenant_id == tenant_id) for t in (Dataset, Model, Artifact))
+                      ).subquery()
+    return int(session.scalar(select(func.sum(parts.c.n))) or 0)

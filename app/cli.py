@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -39,7 +40,8 @@ jobs_app = typer.Typer(no_args_is_help=True, help="Create, follow and collect di
 app.add_typer(datasets_app, name="datasets")
 app.add_typer(models_app, name="models")
 app.add_typer(jobs_app, name="jobs")
-# `keys create --tenant NAME` and `keys revoke` join here as a keys_app when API keys arrive.
+# `distillery keys …` (operators) is dispatched in main(): it needs the database layer, which
+# a client-only install never imports.
 
 ClientFactory = Callable[[str, str | None], DistilleryClient]
 
@@ -78,6 +80,11 @@ def _root(ctx: typer.Context,
 
 
 def main() -> None:
+    if sys.argv[1:2] == ["keys"]:
+        from app.auth.cli import keys_app
+
+        keys_app(args=sys.argv[2:], prog_name="distillery keys")
+        return
     app()
 
 

@@ -25,6 +25,19 @@ class Settings(BaseSettings):
     enqueue_expiry_seconds: int = Field(default=7 * 24 * 3600, gt=0)
     task_time_limit_seconds: int = Field(default=48 * 3600, gt=0)
 
+    # Crash recovery: a running job whose heartbeat is older than this is taken over.
+    heartbeat_interval_seconds: float = Field(default=10.0, gt=0)
+    heartbeat_stale_seconds: float = Field(default=120.0, gt=0)
+    max_attempts: int = Field(default=3, ge=1)
+    # A queued job whose message may have been lost (a broker restart) is re-sent after this.
+    requeue_queued_after_seconds: float = Field(default=600.0, gt=0)
+    reaper_interval_seconds: float = Field(default=30.0, gt=0)
+    # Redis hands an unacknowledged message to another worker after this; the job row's
+    # compare-and-set makes an early redelivery harmless.
+    broker_visibility_timeout_seconds: int = Field(default=3600, gt=0)
+    # How long the runner keeps retrying the database before giving a job up.
+    db_outage_tolerance_seconds: float = Field(default=300.0, gt=0)
+
     max_dataset_bytes: int = Field(default=200 * 1024 * 1024, gt=0)
     max_model_bytes: int = Field(default=2 * 1024 * 1024 * 1024, gt=0)
     # Uncompressed size cap for an uploaded model archive (zip-bomb guard).

@@ -17,10 +17,14 @@ from app.config import get_settings
 log = logging.getLogger("distillery.devserver")
 
 
-def worker_command(*, queue: str, pool: str, concurrency: int, name: str) -> list[str]:
-    return [sys.executable, "-m", "celery", "-A", "workers.celery_app", "worker",
-            "--pool", pool, "--concurrency", str(concurrency), "-Q", queue,
-            "--loglevel", "INFO", "--hostname", f"{name}@{os.uname().nodename}"]
+def worker_command(*, queue: str, pool: str, concurrency: int, name: str,
+                   beat: bool = False) -> list[str]:
+    command = [sys.executable, "-m", "celery", "-A", "workers.celery_app", "worker",
+               "--pool", pool, "--concurrency", str(concurrency), "-Q", queue,
+               "--loglevel", "INFO", "--hostname", f"{name}@{os.uname().nodename}"]
+    if beat:  # exactly one process runs the schedule (the stale-job reaper)
+        command += ["--beat", "--schedule", str(Path("var/celerybeat-schedule").resolve())]
+    return command
 
 
 class Supervisor:
@@ -76,9 +80,9 @@ def main() -> None:
         # Training: one job at a time per process (one per GPU in production).
         Supervisor(worker_command(queue=settings.queue_name, pool="solo", concurrency=1,
                                   name="trainer")),
-        # Webhooks: light and concurrent, so a long job never delays a delivery.
+        # Webhooks and the reaper: light and concurrent, so a long job never delays them.
         Supervisor(worker_command(queue=settings.webhook_queue_name, pool="threads",
-                                  concurrency=4, name="webhooks")),
+                                  concurrency=4, name="webhooks", beat=True)),
     ]
     for supervisor in supervisors:
         supervisor.start()

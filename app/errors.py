@@ -15,8 +15,9 @@ log = logging.getLogger(__name__)
 
 class AppError(Exception):
     def __init__(self, code: str, message: str, status: int = 400, *, field: str | None = None,
-                 line: int | None = None):
+                 line: int | None = None, headers: dict[str, str] | None = None):
         super().__init__(message)
+        self.headers = headers
         self.code = code
         self.message = message
         self.status = status
@@ -47,7 +48,7 @@ def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(AppError)
     async def _app_error(_: Request, exc: AppError) -> JSONResponse:
         return JSONResponse(error_body(exc.code, exc.message, exc.field, exc.line),
-                            status_code=exc.status)
+                            status_code=exc.status, headers=exc.headers)
 
     @app.exception_handler(RequestValidationError)
     async def _validation(_: Request, exc: RequestValidationError) -> JSONResponse:

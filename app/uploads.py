@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import tempfile
+import unicodedata
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -47,4 +48,12 @@ async def spool(upload: UploadFile, *, max_bytes: int, suffix: str = "") -> Spoo
         path.unlink(missing_ok=True)
         raise AppError("file_empty", "the uploaded file is empty", 422, field="file")
     return SpooledUpload(path=path, size_bytes=size, sha256=digest.hexdigest(),
-                         filename=Path(upload.filename or "upload").name[:255])
+                         filename=safe_filename(upload.filename))
+
+
+def safe_filename(name: str | None) -> str:
+    """The last path part without control characters (Postgres refuses NUL; logs and terminals
+    should not see escapes), at most 255 characters; the name is only ever shown, never opened."""
+    base = Path((name or "").replace("\\", "/")).name
+    base = "".join(c for c in base if unicodedata.category(c) not in ("Cc", "Cs")).strip()
+    return base[:255] or "upload"

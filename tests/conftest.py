@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import tempfile
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -25,7 +26,13 @@ os.environ.update({
     "DISTILLERY_STORAGE_DIR": str(_TMP / "storage"),
     "DISTILLERY_MODEL_DIR": str(_TMP / "models"),
     "HF_HUB_OFFLINE": "1",
+    # Recovery in seconds rather than minutes, so the crash tests stay short.
+    "DISTILLERY_HEARTBEAT_INTERVAL_SECONDS": "0.5",
+    "DISTILLERY_HEARTBEAT_STALE_SECONDS": "4",
+    "DISTILLERY_BROKER_VISIBILITY_TIMEOUT_SECONDS": "6",
     "TOKENIZERS_PARALLELISM": "false",
+    # Tiny models gain nothing from threads; on 2 shared cores they thrash instead.
+    "OMP_NUM_THREADS": "1",
 })
 
 import psycopg  # noqa: E402
@@ -101,8 +108,14 @@ def db_session(database: str) -> Iterator[Session]:
 
 
 @pytest.fixture()
-def client(db_session: Session, queue: redis.Redis, api_key: str) -> Iterator[TestClient]:
-    """The API with every request inside the test's rolled-back transaction."""
+def client(db_session: Session, queue: redis.Redis) -> Iterator[TestClient]:
+    """The API with every request inside the test's rolled-back transaction, as a tenant of
+    its own, so rows that other (committing) tests left behind are invisible."""
+    from app.auth.service import create_key
+
+    tenant = f"t-{uuid.uuid4().hex[:12]}"
+    _, api_key = create_key(db_session, tenant_id=tenant)
+    db_session.commit()  # a savepoint release: the outer transaction still rolls back
     app = create_app()
 
     def _session() -> Iterator[Session]:  # the same boundary as app.db.get_session
@@ -115,6 +128,7 @@ def client(db_session: Session, queue: redis.Redis, api_key: str) -> Iterator[Te
 
     app.dependency_overrides[get_session] = _session
     with TestClient(app, headers={"Authorization": f"Bearer {api_key}"}) as test_client:
+        test_client.tenant = tenant  # type: ignore[attr-defined]
         yield test_client
 
 

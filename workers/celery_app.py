@@ -9,6 +9,7 @@ from app.config import get_settings
 settings = get_settings()
 
 app = Celery("distillery", broker=settings.broker_url, include=["workers.tasks"])
+# The reaper runs in the webhook worker (started with --beat): it needs no torch.
 app.conf.update(
     task_acks_late=True,
     # A worker killed mid-job leaves the message unacked so another worker picks it up.
@@ -17,11 +18,18 @@ app.conf.update(
     worker_prefetch_multiplier=1,
     task_default_queue=settings.queue_name,
     task_routes={"distillery.run_job": {"queue": settings.queue_name},
-                 "distillery.deliver_webhook": {"queue": settings.webhook_queue_name}},
+                 "distillery.deliver_webhook": {"queue": settings.webhook_queue_name},
+                 "distillery.reap_stale_jobs": {"queue": settings.webhook_queue_name}},
     task_time_limit=settings.task_time_limit_seconds,
     broker_connection_retry_on_startup=True,
 )
 if settings.broker_url.startswith(("redis://", "rediss://")):
-    # Redis redelivers unacked messages after this; it must exceed the longest job.
+    # Redis redelivers an unacked message (its worker died) after this.
     app.conf.broker_transport_options = {
-        "visibility_timeout": settings.task_time_limit_seconds + 3600}
+        "visibility_timeout": settings.broker_visibility_timeout_seconds}
+app.conf.beat_schedule = {
+    "reap-stale-jobs": {"task": "distillery.reap_stale_jobs",
+                        "schedule": settings.reaper_interval_seconds,
+                        "options": {"queue": settings.webhook_queue_name,
+                                    "expires": settings.reaper_interval_seconds}},
+}

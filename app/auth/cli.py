@@ -11,6 +11,7 @@ from app.db import session_factory
 from app.errors import AppError
 
 keys_app = typer.Typer(help="Create, list and revoke API keys (operators; needs the database).",
+                       pretty_exceptions_enable=False,
                        no_args_is_help=True)
 console = Console()
 

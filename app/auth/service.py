@@ -95,4 +95,5 @@ def check_job_quota(session: Session, *, settings: Settings, tenant_id: str) -> 
     active = repository.active_jobs(session, tenant_id)
     if active >= limit:
         raise AppError("too_many_jobs", f"the tenant already has {active} queued or running "
-                       f"jobs, its limit; wait for one to end or cancel one", 429)
+                       f"jobs, its limit; wait for one to end or cancel one", 429,
+                       headers={"Retry-After": "60"})

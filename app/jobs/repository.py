@@ -39,19 +39,48 @@ def page(session: Session, *, tenant_id: str, limit: int, after: str | None,
 
 
 def transition(session: Session, job_id: str, *, from_status: str | set[str], to_status: str,
+               owner: str | None = None, heartbeat_before: datetime | None = None,
                **values: Any) -> bool:
-    """Compare-and-set on status: True only for the one caller whose guard matched."""
+    """Compare-and-set on status (and optionally the owning worker, or a stale heartbeat):
+    True only for the one caller whose guard matched."""
     allowed = {from_status} if isinstance(from_status, str) else from_status
-    result = session.execute(
-        update(Job).where(Job.id == job_id, Job.status.in_(allowed))
-        .values(status=to_status, **values).execution_options(synchronize_session=False)
-    )
+    query = update(Job).where(Job.id == job_id, Job.status.in_(allowed))
+    if owner is not None:
+        query = query.where(Job.worker == owner)
+    if heartbeat_before is not None:
+        query = query.where(Job.heartbeat_at < heartbeat_before)
+    result = session.execute(query.values(status=to_status, **values)
+                             .execution_options(synchronize_session=False))
     return bool(result.rowcount)  # type: ignore[attr-defined]
 
 
-def update_running(session: Session, job_id: str, **values: Any) -> bool:
+def beat(session: Session, job_id: str, *, owner: str) -> bool:
     result = session.execute(
-        update(Job).where(Job.id == job_id, Job.status == JobStatus.running)
+        update(Job).where(Job.id == job_id, Job.status == JobStatus.running, Job.worker == owner)
+        .values(heartbeat_at=utcnow()).execution_options(synchronize_session=False))
+    return bool(result.rowcount)  # type: ignore[attr-defined]
+
+
+def control_flags(session: Session, job_id: str) -> tuple[bool, str | None, str | None]:
+    """(cancel requested, status, owning worker), read once per training step."""
+    row = session.execute(select(Job.cancel_requested, Job.status, Job.worker)
+                          .where(Job.id == job_id)).one_or_none()
+    return (bool(row[0]), row[1], row[2]) if row else (False, None, None)
+
+
+def stale_running(session: Session, *, heartbeat_before: datetime) -> Sequence[Job]:
+    return session.scalars(select(Job).where(Job.status == JobStatus.running,
+                                             Job.heartbeat_at < heartbeat_before)).all()
+
+
+def unsent_queued(session: Session, *, enqueued_before: datetime) -> Sequence[Job]:
+    return session.scalars(select(Job).where(Job.status == JobStatus.queued,
+                                             Job.enqueued_at < enqueued_before)).all()
+
+
+def update_running(session: Session, job_id: str, *, owner: str, **values: Any) -> bool:
+    result = session.execute(
+        update(Job).where(Job.id == job_id, Job.status == JobStatus.running, Job.worker == owner)
         .values(heartbeat_at=utcnow(), **values).execution_options(synchronize_session=False)
     )
     return bool(result.rowcount)  # type: ignore[attr-defined]

@@ -14,7 +14,7 @@ from app import idempotency
 from app.config import get_settings
 from app.db import SessionDep, session_factory
 from app.deps import TenantDep
-from app.errors import AppError
+from app.errors import AppError, error_body
 from app.jobs import repository, service
 from app.jobs.models import TERMINAL
 from app.jobs.schemas import (
@@ -56,10 +56,14 @@ def create_job(body: JobCreate, session: SessionDep, tenant: TenantDep,
         enqueue_job(job.id)
     except Exception as exc:
         log.exception("enqueue failed for %s", job.id)
+        error = AppError("queue_unavailable", "the job queue is unreachable; the job was not "
+                         "started, try again", 503)
         service.fail_unqueued(session, job_id=job.id, message="the job queue is unreachable")
+        if idempotency_key:  # a retry must see this failure, not the 201 stored above
+            idempotency.finish(session, tenant_id=tenant, key=idempotency_key, status_code=503,
+                               body=error_body(error.code, error.message))
         session.commit()
-        raise AppError("queue_unavailable", "the job queue is unreachable; the job was not "
-                       "started, try again", 503) from exc
+        raise error from exc
     return public
 
 

@@ -32,7 +32,7 @@ from app.jobs.schemas import (
 )
 from app.models import catalog
 from app.models import repository as models_repository
-from workers.distill.config import DistillConfig
+from workers.distill.config import DistillConfig, StudentConfig
 
 TASK_FOR_LABELS = {"categorical": "classification", "numeric": "regression", "none": "general"}
 LABELS_FOR_TASK = {"classification": {"categorical"}, "regression": {"numeric"},
@@ -51,6 +51,22 @@ def _teacher_source(session: Session, *, settings: Settings, tenant_id: str, tea
         return "hub"  # loaded by the worker with from_pretrained; fails there if unreachable
     raise AppError("teacher_not_found", f"'{teacher}' is neither an uploaded model, a catalog "
                    "name nor a Hugging Face model id", 422, field="teacher")
+
+
+def _check_student_init(session: Session, *, settings: Settings, tenant_id: str,
+                        request: JobCreate) -> None:
+    """init_model names a model the way a teacher does; never a path on the worker."""
+    student = request.student
+    if student.init == "checkpoint":
+        raise AppError("invalid_request", "start from a checkpoint with 'init_from'", 422,
+                       field="student.init")
+    if student.init == "model" and student.init_model is not None:
+        try:
+            _teacher_source(session, settings=settings, tenant_id=tenant_id,
+                            teacher=student.init_model)
+        except AppError as exc:
+            raise AppError(exc.code.replace("teacher", "model"), exc.message, exc.status,
+                           field="student.init_model") from exc
 
 
 def _check_datasets(task: str, train: Dataset, validation: Dataset | None) -> None:
@@ -81,6 +97,7 @@ def create_job(session: Session, *, settings: Settings, tenant_id: str,
                                  field="validation_dataset")
     teacher_source = _teacher_source(session, settings=settings, tenant_id=tenant_id,
                                      teacher=request.teacher)
+    _check_student_init(session, settings=settings, tenant_id=tenant_id, request=request)
     task = request.task or TASK_FOR_LABELS[train.label_type]
     _check_datasets(task, train, validation)
     try:
@@ -100,6 +117,13 @@ def create_job(session: Session, *, settings: Settings, tenant_id: str,
         if not saved:
             raise AppError("checkpoint_not_found", f"job '{source.id}' has saved no checkpoint",
                            422, field="init_from.job")
+        theirs = StudentConfig.model_validate(source.config["student"])
+        if theirs.dims() != request.student.dims() or theirs.trim_vocab or \
+                request.student.trim_vocab:
+            raise AppError("checkpoint_incompatible", f"job '{source.id}' trained a student "
+                           f"shaped {tuple(theirs.dims())}; this job asks for "
+                           f"{tuple(request.student.dims())} (and neither may trim its vocab)",
+                           422, field="init_from.job")
         init_from = {"job": source.id, "step": saved[-1].step}
     job = repository.add(session, Job(
         id=new_id("job"), tenant_id=tenant_id, status=JobStatus.queued, teacher=request.teacher,
@@ -109,7 +133,7 @@ def create_job(session: Session, *, settings: Settings, tenant_id: str,
         teacher_source=teacher_source, dataset_id=train.id,
         validation_dataset_id=validation.id if validation else None,
         config=config.model_dump(mode="json"), step=0, total_steps=0, attempts=0,
-        cancel_requested=False,
+        cancel_requested=False, enqueued_at=utcnow(),
     ))
     repository.add_event(session, job_id=job.id, tenant_id=tenant_id, type="job_created",
                          message="job queued", data={"task": task, "teacher": request.teacher})
@@ -192,9 +216,10 @@ def list_events(session: Session, *, tenant_id: str, job_id: str, after: int | N
 
 def metrics_series(session: Session, *, tenant_id: str, job_id: str) -> MetricsSeries:
     job = get_job(session, tenant_id=tenant_id, job_id=job_id)
+    # A resumed job repeats the steps after its last checkpoint: the latest row of a step wins.
+    latest = {m.step: m for m in repository.metrics_series(session, job_id=job_id)}
     steps = [StepMetrics(step=m.step, stage=m.stage, learning_rate=m.learning_rate,
-                         losses=m.losses)
-             for m in repository.metrics_series(session, job_id=job_id)]
+                         losses=m.losses) for _, m in sorted(latest.items())]
     evaluations = [{"created_at": e.created_at, **e.data}
                    for e in repository.events_of_type(session, job_id=job_id, type="evaluation")]
     return MetricsSeries(job=job.id, steps=steps, evaluations=evaluations, final=job.metrics)

@@ -2,13 +2,26 @@
 
 from __future__ import annotations
 
-import shutil
+import gzip
 import stat
 import tarfile
 import zipfile
+import zlib
 from pathlib import Path, PurePosixPath
+from typing import IO
 
 from app.errors import AppError
+
+CHUNK = 1024 * 1024
+# tarfile reads a pax or GNU long-name header whole into memory; real ones hold a path and a
+# few attributes, so anything larger is a memory bomb.
+MAX_TAR_HEADER = 64 * 1024
+_TAR_HEADER_TYPES = (tarfile.XHDTYPE, tarfile.XGLTYPE, tarfile.SOLARIS_XHDTYPE,
+                     tarfile.GNUTYPE_LONGNAME, tarfile.GNUTYPE_LONGLINK)
+# What a truncated or doctored archive raises while it is read. A chain of thousands of pax
+# headers makes tarfile recurse until RecursionError.
+_CORRUPT_ZIP = (zipfile.BadZipFile, zlib.error, EOFError)
+_CORRUPT_TAR = (tarfile.TarError, zlib.error, EOFError, gzip.BadGzipFile, RecursionError)
 
 
 def _bad(message: str) -> AppError:
@@ -24,15 +37,63 @@ def _safe_member(name: str) -> PurePosixPath:
     return path
 
 
+class _GuardedTarInfo(tarfile.TarInfo):
+    def _proc_member(self, tf: tarfile.TarFile) -> tarfile.TarInfo:
+        # tarfile's documented hook for subclasses, called before a header's data is read.
+        if self.type in _TAR_HEADER_TYPES and self.size > MAX_TAR_HEADER:
+            raise _bad(f"the archive has a {self.size} byte pax or long-name header "
+                       f"(at most {MAX_TAR_HEADER})")
+        return super()._proc_member(tf)  # type: ignore[misc, no-any-return]
+
+
 def extract(archive: Path, dest: Path, *, max_members: int, max_unpacked_bytes: int) -> None:
     """Extract regular files only; refuse links, devices, traversal and zip bombs."""
     dest.mkdir(parents=True, exist_ok=True)
     if zipfile.is_zipfile(archive):
-        _extract_zip(archive, dest, max_members=max_members, max_unpacked_bytes=max_unpacked_bytes)
-    elif tarfile.is_tarfile(archive):
-        _extract_tar(archive, dest, max_members=max_members, max_unpacked_bytes=max_unpacked_bytes)
-    else:
-        raise _bad("the file is neither a .zip nor a .tar.gz archive")
+        try:
+            _extract_zip(archive, dest, max_members=max_members,
+                         max_unpacked_bytes=max_unpacked_bytes)
+        except _CORRUPT_ZIP as exc:
+            raise _bad(f"the archive is corrupt ({exc})") from exc
+        return
+    with archive.open("rb") as f:
+        gzipped = f.read(2) == b"\x1f\x8b"
+    try:
+        tf = tarfile.open(archive, mode="r:gz" if gzipped else "r:", tarinfo=_GuardedTarInfo)
+    except _CORRUPT_TAR as exc:
+        if not gzipped:
+            raise _bad("the file is neither a .zip nor a .tar.gz archive") from exc
+        raise _bad(f"the archive is corrupt ({exc})") from exc
+    with tf:
+        try:
+            _extract_tar(tf, dest, max_members=max_members,
+                         max_unpacked_bytes=max_unpacked_bytes)
+        except _CORRUPT_TAR as exc:
+            raise _bad(f"the archive is corrupt ({exc})") from exc
+
+
+def _target(dest: Path, rel: PurePosixPath, name: str) -> Path:
+    if not rel.parts:
+        raise _bad(f"archive member {name!r} has no file name")
+    target = dest.joinpath(*rel.parts)
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+    except (FileExistsError, NotADirectoryError) as exc:
+        raise _bad(f"archive member {name!r} clashes with a file of the same name") from exc
+    if target.is_dir():
+        raise _bad(f"archive member {name!r} clashes with a folder of the same name")
+    return target
+
+
+def _write(src: IO[bytes], target: Path, *, declared: int) -> None:
+    written = 0
+    with target.open("wb") as out:
+        while chunk := src.read(CHUNK):
+            written += len(chunk)
+            # the declared size is the archive's claim; count what actually comes out too.
+            if written > declared:
+                raise _bad("the archive's sizes do not match its contents")
+            out.write(chunk)
 
 
 def _extract_zip(archive: Path, dest: Path, *, max_members: int, max_unpacked_bytes: int) -> None:
@@ -48,46 +109,36 @@ def _extract_zip(archive: Path, dest: Path, *, max_members: int, max_unpacked_by
                 raise _bad(f"archive member {info.filename!r} is a symbolic link")
             if info.is_dir():
                 continue
+            if info.flag_bits & 0x1:
+                raise _bad(f"archive member {info.filename!r} is encrypted")
+            if info.compress_type not in (zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED):
+                raise _bad(f"archive member {info.filename!r} is compressed with method "
+                           f"{info.compress_type}; only stored and deflate are accepted")
             total += info.file_size
             if total > max_unpacked_bytes:
                 raise _bad(f"the archive unpacks to more than {max_unpacked_bytes} bytes")
-            target = dest.joinpath(*rel.parts)
-            target.parent.mkdir(parents=True, exist_ok=True)
-            written = 0
-            # file_size is the archive's claim; count what actually comes out too.
-            with zf.open(info) as src, target.open("wb") as out:
-                while chunk := src.read(1024 * 1024):
-                    written += len(chunk)
-                    if written > info.file_size or total - info.file_size + written > (
-                        max_unpacked_bytes
-                    ):
-                        raise _bad("the archive's sizes do not match its contents")
-                    out.write(chunk)
+            target = _target(dest, rel, info.filename)
+            with zf.open(info) as src:
+                _write(src, target, declared=info.file_size)
 
 
-def _extract_tar(archive: Path, dest: Path, *, max_members: int, max_unpacked_bytes: int) -> None:
-    try:
-        with tarfile.open(archive, mode="r:*") as tf:
-            total = 0
-            count = 0
-            for member in tf:
-                count += 1
-                if count > max_members:
-                    raise _bad(f"the archive has more than {max_members} entries")
-                rel = _safe_member(member.name)
-                if member.isdir():
-                    continue
-                if not member.isfile():
-                    raise _bad(f"archive member {member.name!r} is not a regular file")
-                total += member.size
-                if total > max_unpacked_bytes:
-                    raise _bad(f"the archive unpacks to more than {max_unpacked_bytes} bytes")
-                target = dest.joinpath(*rel.parts)
-                target.parent.mkdir(parents=True, exist_ok=True)
-                src = tf.extractfile(member)
-                if src is None:
-                    raise _bad(f"archive member {member.name!r} cannot be read")
-                with src, target.open("wb") as out:
-                    shutil.copyfileobj(src, out, 1024 * 1024)
-    except tarfile.TarError as exc:
-        raise _bad(f"the archive is corrupt ({exc})") from exc
+def _extract_tar(tf: tarfile.TarFile, dest: Path, *, max_members: int,
+                 max_unpacked_bytes: int) -> None:
+    total = 0
+    for count, member in enumerate(tf, start=1):
+        if count > max_members:
+            raise _bad(f"the archive has more than {max_members} entries")
+        rel = _safe_member(member.name)
+        if member.isdir():
+            continue
+        if not member.isfile():
+            raise _bad(f"archive member {member.name!r} is not a regular file")
+        total += member.size
+        if total > max_unpacked_bytes:
+            raise _bad(f"the archive unpacks to more than {max_unpacked_bytes} bytes")
+        target = _target(dest, rel, member.name)
+        src = tf.extractfile(member)
+        if src is None:
+            raise _bad(f"archive member {member.name!r} cannot be read")
+        with src:
+            _write(src, target, declared=member.size)

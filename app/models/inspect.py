@@ -7,7 +7,7 @@ import math
 import struct
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeGuard
 
 from app.errors import AppError
 
@@ -16,6 +16,9 @@ SUPPORTED_MODEL_TYPES = frozenset({"bert"})
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".pickle", ".ckpt", ".h5", ".msgpack", ".joblib")
 TOKENIZER_FILES = ("tokenizer.json", "vocab.txt")
 MAX_SAFETENSORS_HEADER = 100 * 1024 * 1024
+# Far above any encoder worth distilling; bounded so a config cannot overflow the row's columns.
+MAX_LAYERS = 1024
+MAX_HIDDEN_SIZE = 65536
 
 
 @dataclass(frozen=True)
@@ -44,22 +47,68 @@ def find_root(folder: Path) -> Path:
     raise _bad("no config.json at the top of the archive (expected a save_pretrained folder)")
 
 
+def _sizes(value: Any) -> TypeGuard[list[int]]:
+    return isinstance(value, list) and all(
+        isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in value)
+
+
 def safetensors_shapes(path: Path) -> dict[str, list[int]]:
+    """Tensor shapes from the header, each entry checked against the bytes the file holds."""
+    size = path.stat().st_size
     with path.open("rb") as f:
         raw = f.read(8)
         if len(raw) != 8:
             raise _bad(f"{path.name} is not a safetensors file")
         (length,) = struct.unpack("<Q", raw)
-        if length > MAX_SAFETENSORS_HEADER:
+        if length > min(MAX_SAFETENSORS_HEADER, size - 8):
             raise _bad(f"{path.name} has an implausible header")
         try:
             header = json.loads(f.read(length))
-        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        except ValueError as exc:  # JSONDecodeError, UnicodeDecodeError
             raise _bad(f"{path.name} is not a safetensors file") from exc
     if not isinstance(header, dict):
         raise _bad(f"{path.name} is not a safetensors file")
-    return {k: list(v.get("shape", [])) for k, v in header.items()
-            if k != "__metadata__" and isinstance(v, dict)}
+    data_bytes = size - 8 - length
+    shapes: dict[str, list[int]] = {}
+    for name, tensor in header.items():
+        if name == "__metadata__":
+            continue
+        entry = tensor if isinstance(tensor, dict) else {}
+        shape, offsets = entry.get("shape"), entry.get("data_offsets")
+        # No dtype is smaller than 4 bits (F4), so a tensor holds at most two elements a byte.
+        if not (isinstance(entry.get("dtype"), str) and _sizes(shape) and _sizes(offsets)
+                and len(offsets) == 2 and offsets[0] <= offsets[1] <= data_bytes
+                and math.prod(shape) <= 2 * (offsets[1] - offsets[0])):
+            raise _bad(f"{path.name}: the header entry of tensor {name!r} is corrupt")
+        shapes[name] = shape
+    return shapes
+
+
+def _refuse_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON")
+
+
+def _finite(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):
+        raise ValueError(f"{text} is out of range")
+    return value
+
+
+def _read_json(path: Path) -> Any:
+    """Strict JSON: NaN, Infinity and numbers that overflow to infinity are refused."""
+    try:
+        return json.loads(path.read_text(encoding="utf-8"), parse_constant=_refuse_constant,
+                          parse_float=_finite)
+    except ValueError as exc:  # JSONDecodeError, UnicodeDecodeError
+        raise _bad(f"{path.name} is not valid JSON ({exc})") from exc
+
+
+def _count(config: dict[str, Any], key: str, maximum: int) -> int:
+    value = config.get(key)
+    if not isinstance(value, int) or isinstance(value, bool) or not 0 < value <= maximum:
+        raise _bad(f"config.json: {key} must be a whole number from 1 to {maximum}")
+    return value
 
 
 def inspect_folder(folder: Path) -> ModelInfo:
@@ -71,18 +120,18 @@ def inspect_folder(folder: Path) -> ModelInfo:
             raise _bad(f"{path.name}: only safetensors weights are accepted, never pickled files")
         if path.suffix == ".py":
             raise _bad(f"{path.name}: custom model code is not accepted")
-    try:
-        config = json.loads((root / "config.json").read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise _bad("config.json is not valid JSON") from exc
+    config = _read_json(root / "config.json")
     if not isinstance(config, dict):
         raise _bad("config.json must hold a JSON object")
     model_type = config.get("model_type")
-    if model_type not in SUPPORTED_MODEL_TYPES:
+    if not isinstance(model_type, str) or model_type not in SUPPORTED_MODEL_TYPES:
         raise _bad(f"model_type {model_type!r} is not supported; supported: "
                    f"{', '.join(sorted(SUPPORTED_MODEL_TYPES))}")
-    if config.get("auto_map"):
-        raise _bad("config.json asks for remote code (auto_map); that is never run")
+    tokenizer_path = root / "tokenizer_config.json"
+    tokenizer_config = _read_json(tokenizer_path) if tokenizer_path.is_file() else {}
+    for name, settings in (("config.json", config), (tokenizer_path.name, tokenizer_config)):
+        if isinstance(settings, dict) and settings.get("auto_map"):
+            raise _bad(f"{name} asks for remote code (auto_map); that is never run")
     weights = sorted(root.glob("*.safetensors"))
     if not weights:
         raise _bad("no .safetensors weights in the folder")
@@ -92,16 +141,17 @@ def inspect_folder(folder: Path) -> ModelInfo:
     for w in weights:
         shapes.update(safetensors_shapes(w))
     num_parameters = sum(math.prod(s) for s in shapes.values())
+    num_layers = _count(config, "num_hidden_layers", MAX_LAYERS)
+    hidden_size = _count(config, "hidden_size", MAX_HIDDEN_SIZE)
     id2label = config.get("id2label") or {}
     architectures = config.get("architectures") or []
-    has_head = any(name.endswith("classifier.weight") for name in shapes) and any(
-        "ForSequenceClassification" in a for a in architectures)
-    labels = [str(id2label[k]) for k in sorted(id2label, key=lambda k: int(k))] if has_head else []
+    has_head = any(name.endswith("classifier.weight") for name in shapes) and isinstance(
+        architectures, list) and any(
+        isinstance(a, str) and "ForSequenceClassification" in a for a in architectures)
     try:
-        num_layers = int(config["num_hidden_layers"])
-        hidden_size = int(config["hidden_size"])
-    except (KeyError, TypeError, ValueError) as exc:
-        raise _bad("config.json lacks num_hidden_layers or hidden_size") from exc
+        labels = [str(id2label[k]) for k in sorted(id2label, key=int)] if has_head else []
+    except (TypeError, ValueError, KeyError, IndexError) as exc:
+        raise _bad("config.json: id2label must map class numbers to names") from exc
     return ModelInfo(root=root, model_type=model_type, num_parameters=num_parameters,
                      num_layers=num_layers, hidden_size=hidden_size, has_task_head=has_head,
                      labels=labels, config=config)

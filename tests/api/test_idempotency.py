@@ -27,13 +27,15 @@ def test_retried_job_post_creates_exactly_one_job(client: TestClient, db_session
     second = client.post("/v1/jobs", json=body, headers=headers)
     assert first.status_code == second.status_code == 201
     assert first.json() == second.json()
-    assert db_session.scalar(select(func.count()).select_from(Job)) == 1
+    assert db_session.scalar(select(func.count()).select_from(Job)
+                             .where(Job.tenant_id == client.tenant)) == 1  # type: ignore[attr-defined]
     assert queued_job_ids(queue) == [first.json()["id"]]
 
     changed = client.post("/v1/jobs", json={**body, "seed": 9}, headers=headers)
     assert changed.status_code == 409
     assert changed.json()["error"]["code"] == "idempotency_key_reused"
-    assert db_session.scalar(select(func.count()).select_from(Job)) == 1
+    assert db_session.scalar(select(func.count()).select_from(Job)
+                             .where(Job.tenant_id == client.tenant)) == 1  # type: ignore[attr-defined]
 
 
 def test_failed_request_does_not_burn_the_key(committing_client: TestClient) -> None:
@@ -55,7 +57,8 @@ def test_retried_upload_stores_one_dataset(client: TestClient, db_session: Sessi
     b = client.post("/v1/datasets", files={"file": ("d.jsonl", content)}, headers=headers)
     assert a.status_code == b.status_code == 201
     assert a.json()["id"] == b.json()["id"]
-    assert db_session.scalar(select(func.count()).select_from(Dataset)) == 1
+    assert db_session.scalar(select(func.count()).select_from(Dataset)
+                             .where(Dataset.tenant_id == client.tenant)) == 1  # type: ignore[attr-defined]
     other = client.post("/v1/datasets", files={"file": ("d.jsonl", content + b"\n")},
                         headers=headers)
     assert other.status_code == 409

@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import os
 import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -14,10 +12,10 @@ import pytest
 from fastapi.testclient import TestClient
 from sqlalchemy import select
 
-from app.config import get_settings
 from app.db import session_factory
 from app.jobs.models import JobEvent
 from tests.factories import TINY_SENTIMENT, zip_folder
+from tests.workerproc import start_worker, stop_worker
 
 ROOT = Path(__file__).resolve().parents[2]
 DEADLINE_S = 600  # a hang guard for jobs of seconds, not a performance bound
@@ -33,23 +31,10 @@ def worker_log(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="package")
 def worker(worker_log: Path) -> Iterator[subprocess.Popen[bytes]]:
-    log = worker_log
-    with log.open("wb") as out:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "celery", "-A", "workers.celery_app", "worker",
-             "--pool", "solo", "--concurrency", "1",
-             "-Q", f"{get_settings().queue_name},{get_settings().webhook_queue_name}",
-             "--loglevel", "INFO", "--hostname", f"e2e-{os.getpid()}@%h",
-             "--without-gossip", "--without-mingle"],
-            cwd=ROOT, env=os.environ.copy(), stdout=out, stderr=subprocess.STDOUT)
-        yield proc
-        proc.terminate()
-        try:
-            proc.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-    if proc.returncode not in (0, -15):
-        print(log.read_text()[-5000:])
+    proc = start_worker(worker_log, name="e2e")
+    yield proc
+    if stop_worker(proc) not in (0, -15):
+        print(worker_log.read_text()[-5000:])
 
 
 def wait_for(client: TestClient, job_id: str, worker: subprocess.Popen[bytes],

@@ -66,7 +66,7 @@ def test_two_concurrent_claims_let_exactly_one_worker_run(queued_job: str) -> No
 
 def test_duplicate_delivery_of_a_running_job_does_not_train_twice(queued_job: str) -> None:
     assert claim(session_factory(), queued_job, worker="first") is not None
-    run_job(queued_job, worker="duplicate")
+    assert run_job(queued_job, worker="duplicate") == "watch"  # looks again later
     job = _job(queued_job)
     assert (job.status, job.attempts, job.worker) == ("running", 1, "first")
     assert job.step == 0
@@ -75,7 +75,7 @@ def test_duplicate_delivery_of_a_running_job_does_not_train_twice(queued_job: st
 
 def test_cancelled_job_is_never_started(queued_job: str, committing_client: TestClient) -> None:
     assert committing_client.post(f"/v1/jobs/{queued_job}/cancel").json()["status"] == "cancelled"
-    run_job(queued_job, worker="late")
+    assert run_job(queued_job, worker="late") == "refused"
     job = _job(queued_job)
     assert job.status == "cancelled"
     assert job.started_at is None and job.attempts == 0

@@ -73,11 +73,15 @@ def save(directory: Path, ckpt: Checkpoint) -> Path:
     path = directory / CHECKPOINT_FILE
     tmp = directory / f".{CHECKPOINT_FILE}.tmp"
     payload = {"format": FORMAT, **ckpt.__dict__}
-    with open(tmp, "wb") as f:
-        torch.save(payload, f)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "wb") as f:
+            torch.save(payload, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)  # a full disk leaves the last good checkpoint, no torn one
+        raise
     return path
 
 
@@ -85,6 +89,12 @@ def load(directory: Path) -> Checkpoint | None:
     path = directory / CHECKPOINT_FILE
     if not path.exists():
         return None
+    return load_file(path)
+
+
+def load_file(path: Path) -> Checkpoint:
+    if not path.is_file():
+        raise DistillError("checkpoint_not_found", f"no checkpoint at {path}")
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # a torn or foreign file; never half-resume from it
@@ -99,7 +109,11 @@ def save_model_dir(model: PreTrainedModel, directory: Path) -> None:
     tmp = directory.with_name(directory.name + ".tmp")
     if tmp.exists():
         shutil.rmtree(tmp)
-    model.save_pretrained(tmp, safe_serialization=True)
+    try:
+        model.save_pretrained(tmp, safe_serialization=True)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
     if directory.exists():
         shutil.rmtree(directory)
     os.replace(tmp, directory)

@@ -47,8 +47,9 @@ class StudentConfig(_Frozen):
     hidden_size: int | None = Field(default=None, ge=8, le=8192)
     num_attention_heads: int | None = Field(default=None, ge=1, le=128)
     intermediate_size: int | None = Field(default=None, ge=8, le=32768)
-    # auto = teacher_layers when the widths match the teacher's, else random
-    init: Literal["auto", "random", "teacher_layers", "model"] = "auto"
+    # auto = teacher_layers when the widths match the teacher's, else random;
+    # checkpoint = the student weights of a checkpoint file (the service's init_from)
+    init: Literal["auto", "random", "teacher_layers", "model", "checkpoint"] = "auto"
     init_model: str | None = Field(default=None, min_length=1, max_length=500)
     trim_vocab: bool = False
 
@@ -58,7 +59,9 @@ class StudentConfig(_Frozen):
             if self.init_model is None:
                 raise self._fail(("init_model",), "init='model' needs init_model", None)
             return self
-        if self.init_model is not None:
+        if self.init == "checkpoint" and self.init_model is None:
+            raise self._fail(("init_model",), "init='checkpoint' needs init_model", None)
+        if self.init_model is not None and self.init != "checkpoint":
             raise self._fail(
                 ("init_model",), "init_model is only used with init='model'", self.init_model
             )

@@ -7,6 +7,7 @@ import json
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Literal
 
 import torch
@@ -201,6 +202,10 @@ def build_student(
         dims.intermediate_size,
     )
     init = s.init
+    if init == "checkpoint":
+        assert s.init_model is not None  # the config validator guarantees it
+        load_checkpoint_student(student, s.init_model)
+        return student
     if init == "auto":
         init = "teacher_layers" if same_width else "random"
     if init == "teacher_layers":
@@ -218,6 +223,26 @@ def build_student(
         )
         copy_teacher_layers(student, teacher.model, mapping, copy_head=teacher.has_head)
     return student
+
+
+def load_checkpoint_student(student: PreTrainedModel, path: str) -> None:
+    """Start from another run's checkpointed student: every tensor whose name and shape match.
+    A task head for other labels starts fresh; any other mismatch is an error."""
+    from .checkpoint import load_file
+
+    state = load_file(Path(path)).student
+    if state is None:
+        raise DistillError("checkpoint_mismatch", f"{path} holds no student weights yet")
+    own = student.state_dict()
+    head = {name for name in own if name.startswith(("classifier.", "score."))}
+    wrong = sorted(n for n, t in state.items()
+                   if n in own and own[n].shape != t.shape and n not in head)
+    missing = sorted(n for n in own if n not in state and n not in head)
+    if wrong or missing:
+        raise DistillError("checkpoint_mismatch", "the checkpoint's student has another shape "
+                           f"(first differences: {(wrong + missing)[:3]})")
+    usable = {n: t for n, t in state.items() if n in own and own[n].shape == t.shape}
+    student.load_state_dict(usable, strict=False)
 
 
 def copy_teacher_layers(

@@ -11,12 +11,21 @@ import csv
 import io
 import json
 import math
+import re
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any, BinaryIO, Literal
 
 MAX_TEXT_CHARS = 100_000
+# Room for text and text_pair at MAX_TEXT_CHARS even when \u-escaped; a longer line is refused
+# before it is read whole, so memory stays bounded whatever the file holds.
+MAX_LINE_BYTES = 4 * 1024 * 1024
 MIN_ROWS = 4
+# A spreadsheet runs a cell that starts with = + - or @ as a formula. Only a function call
+# (NAME( as in HYPERLINK( or WEBSERVICE() or a DDE link (NAME| as in cmd|) reaches outside the
+# sheet, so those cells are refused while "-5 stars", "+1" and "@bob thanks" pass. The
+# lookbehind starts a name only at a word's start, which keeps the match linear in the text.
+FORMULA = re.compile(r"[=+\-@].*?(?<![A-Za-z0-9_.])[A-Za-z_][A-Za-z0-9_.]*[(|]", re.DOTALL)
 LabelType = Literal["categorical", "numeric", "none"]
 
 
@@ -62,11 +71,15 @@ def detect_format(filename: str, head: bytes) -> Literal["jsonl", "csv"]:
 def _lines(stream: BinaryIO) -> Iterator[tuple[int, str]]:
     """Decode UTF-8 line by line so a bad byte is reported with its line number."""
     decoder = codecs.getincrementaldecoder("utf-8-sig")()
-    for number, raw in enumerate(stream, start=1):
+    number = 0
+    while raw := stream.readline(MAX_LINE_BYTES + 1):
+        number += 1
+        if len(raw) > MAX_LINE_BYTES:
+            raise RecordError(f"the line is longer than {MAX_LINE_BYTES} bytes", line=number)
         try:
             yield number, decoder.decode(raw)
         except UnicodeDecodeError as exc:
-            raise RecordError("not valid UTF-8", line=number) from exc
+            raise RecordError("not valid UTF-8 (save the file as UTF-8)", line=number) from exc
 
 
 def _text(value: Any, *, line: int, name: str, required: bool) -> str | None:
@@ -80,7 +93,16 @@ def _text(value: Any, *, line: int, name: str, required: bool) -> str | None:
         raise RecordError(
             f"'{name}' is longer than {MAX_TEXT_CHARS} characters", line=line, field=name
         )
+    _refuse_formula(value, line=line, name=name)
     return value.strip()
+
+
+def _refuse_formula(value: str, *, line: int, name: str) -> None:
+    if FORMULA.match(value.lstrip()):
+        raise RecordError(
+            f"'{name}' looks like a spreadsheet formula (it starts with {value.lstrip()[0]!r} "
+            "and calls a function or a DDE link), which would run if the data were opened in a "
+            "spreadsheet; reword it or start it with an apostrophe (')", line=line, field=name)
 
 
 def _label(value: Any, *, line: int) -> str | float | None:
@@ -96,9 +118,10 @@ def _label(value: Any, *, line: int) -> str | float | None:
             raise RecordError("'label' must be a finite number", line=line, field="label")
         return str(int(value)) if value.is_integer() else value
     if isinstance(value, str):
-        if value.strip().lower() in ("nan", "inf", "-inf", "infinity", "-infinity"):
+        if _is_number(value) and not math.isfinite(float(value)):  # "nan", "+inf", "1e999"
             raise RecordError(f"'label' {value!r} is not a usable label", line=line,
                               field="label")
+        _refuse_formula(value, line=line, name="label")
         return value.strip()
     raise RecordError("'label' must be a string or a number", line=line, field="label")
 
@@ -127,11 +150,22 @@ def _csv_rows(stream: BinaryIO) -> Iterator[tuple[int, dict[str, Any]]]:
             yield s
 
     reader = csv.DictReader(feed())
-    if reader.fieldnames is None:
+    try:
+        fieldnames = reader.fieldnames
+    except csv.Error as exc:
+        raise RecordError(f"malformed CSV header ({exc})", line=numbers[-1] if numbers else 1,
+                          field="file") from exc
+    if fieldnames is None:
         raise RecordError("the CSV file is empty", line=1)
-    header = [h.strip() for h in reader.fieldnames]
+    header = [h.strip() for h in fieldnames]
     if "text" not in header:
         raise RecordError("the CSV header has no 'text' column", line=1, field="text")
+    seen: set[str] = set()
+    for name in header:
+        if name in seen and name:
+            raise RecordError(f"the CSV header has the column '{name}' more than once", line=1,
+                              field=name)
+        seen.add(name)
     reader.fieldnames = header
     try:
         for row in reader:

@@ -8,6 +8,7 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from sqlalchemy.exc import DataError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 log = logging.getLogger(__name__)
@@ -65,8 +66,19 @@ def install_error_handlers(app: FastAPI) -> None:
             error_body("invalid_request", message, field or None), status_code=422
         )
 
+    @app.exception_handler(DataError)
+    async def _data(_: Request, exc: DataError) -> JSONResponse:
+        # e.g. a NUL byte in an id: the database refuses it, the client gets a 422
+        log.info("refused by the database: %s", exc.orig)
+        return JSONResponse(error_body("invalid_request", "a value in the request cannot be "
+                                       "stored or looked up (for example a NUL character)"),
+                            status_code=422)
+
     @app.exception_handler(StarletteHTTPException)
     async def _http(_: Request, exc: StarletteHTTPException) -> JSONResponse:
+        if exc.status_code == 400:  # an unparsable body (bad JSON bytes, broken multipart)
+            return JSONResponse(error_body("invalid_request", f"the request body cannot be "
+                                           f"parsed: {exc.detail}", "body"), status_code=422)
         code = _HTTP_CODES.get(exc.status_code, "http_error")
         return JSONResponse(
             error_body(code, str(exc.detail)), status_code=exc.status_code, headers=exc.headers

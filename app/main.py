@@ -7,16 +7,24 @@ from fastapi import FastAPI
 import app.all_models  # noqa: F401  (registers every mapper before the first query)
 from app import health
 from app.artifacts.routes import router as artifacts_router
+from app.bodylimit import BodyLimit
+from app.config import get_settings
 from app.datasets.routes import router as datasets_router
 from app.errors import install_error_handlers
 from app.jobs.routes import router as jobs_router
 from app.models.routes import router as models_router
 
 
+def _upload_limits() -> dict[str, int]:
+    settings = get_settings()
+    return {"/v1/datasets": settings.max_dataset_bytes, "/v1/models": settings.max_model_bytes}
+
+
 def create_app() -> FastAPI:
     app = FastAPI(title="Distillery", version="1.0.0",
                   description="TinyBERT-style knowledge distillation as a service.")
     install_error_handlers(app)
+    app.add_middleware(BodyLimit, limits=_upload_limits)
     for router in (health.router, datasets_router, models_router, jobs_router,
                    artifacts_router):
         app.include_router(router)

@@ -82,6 +82,18 @@ def claim(sessions: sessionmaker[Session], job_id: str, *, worker: str,
         return repository.get_by_id(s, job_id)
 
 
+def fair_choice(sessions: sessionmaker[Session], job_id: str) -> str:
+    """The job a message for `job_id` should run: itself, unless it is queued and another
+    tenant's queued job is fairer (fewer running jobs, waited longer). The broker is the
+    doorbell, the job table decides the order, so one tenant's burst cannot starve another."""
+    with sessions() as s:
+        _, status, _ = repository.control_flags(s, job_id)
+        if status != JobStatus.queued:
+            return job_id
+        fairest = repository.fairest_queued(s, limit=1)
+    return fairest[0] if fairest else job_id
+
+
 def is_running_elsewhere(sessions: sessionmaker[Session], job_id: str) -> bool:
     """True while another worker holds the job: a message refused for that reason should be
     checked again later, in case that worker dies before it finishes."""

@@ -36,7 +36,7 @@ from app.storage import LocalStorage, StorageError, get_storage
 from workers.distill.config import DistillConfig
 from workers.distill.records import Example, read_jsonl
 from workers.distill.trainer import DistillError, Event, Progress, RunResult, Stopped, run
-from workers.recovery import claim, is_running_elsewhere, worker_identity
+from workers.recovery import claim, fair_choice, is_running_elsewhere, worker_identity
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -280,9 +280,13 @@ def run_job(job_id: str, *, worker: str,
     sessions = session_factory()
     storage = get_storage()
     owner = worker_identity(worker)
-    job = claim(sessions, job_id, worker=owner, settings=settings)
+    chosen = fair_choice(sessions, job_id)
+    job = claim(sessions, chosen, worker=owner, settings=settings)
+    if chosen != job_id:
+        # This message ran another tenant's job; the job it named waits for a new one.
+        enqueue_job(job_id)
     if job is None:
-        return "watch" if is_running_elsewhere(sessions, job_id) else "refused"
+        return "watch" if is_running_elsewhere(sessions, chosen) else "refused"
     callbacks = JobCallbacks(sessions=sessions, job_id=job.id, tenant_id=job.tenant_id,
                              owner=owner, settings=settings,
                              shutdown_requested=shutdown_requested)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import io
+import tempfile
 from collections.abc import Sequence
 
 from sqlalchemy.orm import Session
@@ -26,13 +26,21 @@ def create_dataset(session: Session, *, storage: Storage, tenant_id: str,
                        line=exc.line) from exc
     dataset_id = new_id("ds")
     key = f"tenants/{tenant_id}/datasets/{dataset_id}/data.jsonl"
-    storage.put_stream(key, io.BytesIO(to_jsonl(parsed.examples)))
-    return repository.add(session, Dataset(
-        id=dataset_id, tenant_id=tenant_id, filename=upload.filename, format=parsed.format,
-        num_rows=parsed.num_rows, label_type=parsed.label_type, labels=parsed.labels,
-        has_text_pair=parsed.has_text_pair, sha256=upload.sha256, size_bytes=upload.size_bytes,
-        storage_key=key,
-    ))
+    with tempfile.TemporaryFile() as canonical:  # row by row: never the whole file in memory
+        for example in parsed.examples:
+            canonical.write(to_jsonl([example]))
+        canonical.seek(0)
+        storage.put_stream(key, canonical)  # type: ignore[arg-type]
+    try:
+        return repository.add(session, Dataset(
+            id=dataset_id, tenant_id=tenant_id, filename=upload.filename,
+            format=parsed.format, num_rows=parsed.num_rows, label_type=parsed.label_type,
+            labels=parsed.labels, has_text_pair=parsed.has_text_pair, sha256=upload.sha256,
+            size_bytes=upload.size_bytes, storage_key=key,
+        ))
+    except BaseException:
+        storage.delete_prefix(key)  # no orphan file for a dataset that was not recorded
+        raise
 
 
 def get_dataset(session: Session, *, tenant_id: str, dataset_id: str,

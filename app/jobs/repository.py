@@ -4,8 +4,8 @@ from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import select, update
-from sqlalchemy.orm import Session
+from sqlalchemy import func, select, update
+from sqlalchemy.orm import Session, aliased
 
 from app.db import utcnow
 from app.jobs.models import Job, JobCheckpoint, JobEvent, JobMetric, JobStatus, WebhookDelivery
@@ -66,6 +66,21 @@ def control_flags(session: Session, job_id: str) -> tuple[bool, str | None, str 
     row = session.execute(select(Job.cancel_requested, Job.status, Job.worker)
                           .where(Job.id == job_id)).one_or_none()
     return (bool(row[0]), row[1], row[2]) if row else (False, None, None)
+
+
+def fairest_queued(session: Session, *, limit: int) -> Sequence[str]:
+    """Queued job ids, fairest first: tenants with fewer running jobs, then the tenant whose
+    last start is oldest, then the oldest job. Several, in case another worker wins one."""
+    running = aliased(Job)
+    started = aliased(Job)
+    running_count = (select(func.count()).where(running.tenant_id == Job.tenant_id,
+                                                running.status == JobStatus.running)
+                     .correlate(Job).scalar_subquery())
+    last_start = (select(func.max(started.started_at)).where(started.tenant_id == Job.tenant_id)
+                  .correlate(Job).scalar_subquery())
+    query = (select(Job.id).where(Job.status == JobStatus.queued)
+             .order_by(running_count, last_start.asc().nulls_first(), Job.id).limit(limit))
+    return session.scalars(query).all()
 
 
 def stale_running(session: Session, *, heartbeat_before: datetime) -> Sequence[Job]:

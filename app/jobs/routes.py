@@ -8,6 +8,7 @@ from typing import Annotated, Any
 import anyio
 from fastapi import APIRouter, Header, Query, status
 from fastapi.responses import JSONResponse
+from pydantic import BeforeValidator
 from sse_starlette.sse import EventSourceResponse
 
 from app import idempotency
@@ -31,6 +32,18 @@ from app.queue import enqueue_job, enqueue_webhook
 
 log = logging.getLogger(__name__)
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
+def _iso_datetime(value: object) -> object:
+    """Only ISO 8601 text: pydantic would also read '0.5' as a Unix time."""
+    if isinstance(value, str):
+        try:
+            return datetime.fromisoformat(value)
+        except ValueError as exc:
+            raise ValueError("expected an ISO 8601 date-time") from exc
+    return value
+
+
+CreatedAfterQuery = Annotated[datetime | None, BeforeValidator(_iso_datetime),
+                              Query(description="ISO 8601 date-time")]
 StatusQuery = Annotated[
     str | None, Query(pattern="^(queued|running|succeeded|failed|cancelled)$")
 ]
@@ -70,7 +83,7 @@ def create_job(body: JobCreate, session: SessionDep, tenant: TenantDep,
 @router.get("", response_model=Page[JobPublic], responses=errors(422))
 def list_jobs(session: SessionDep, tenant: TenantDep, limit: LimitQuery = 20,
               after: AfterQuery = None, status: StatusQuery = None,
-              created_after: datetime | None = None) -> Page[JobPublic]:
+              created_after: CreatedAfterQuery = None) -> Page[JobPublic]:
     """Jobs, newest first; `next_cursor` is stable while new jobs arrive."""
     rows, has_more = service.list_jobs(session, tenant_id=tenant, limit=limit, after=after,
                                        status=status, created_after=created_after)

@@ -5,7 +5,12 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, HttpUrl
 
-from workers.distill.config import DistillationConfig, Hyperparameters, StudentConfig
+from workers.distill.config import (
+    DistillationConfig,
+    ExportConfig,
+    Hyperparameters,
+    StudentConfig,
+)
 
 Task = Literal["classification", "regression", "general"]
 
@@ -30,6 +35,9 @@ class JobCreate(BaseModel):
     student: StudentConfig = Field(default_factory=StudentConfig)
     hyperparameters: Hyperparameters = Field(default_factory=Hyperparameters)
     distillation: DistillationConfig = Field(default_factory=DistillationConfig)
+    export: ExportConfig = Field(default_factory=ExportConfig,
+                                 description="ONNX and int8 exports, and how many timed runs "
+                                 "each latency figure takes")
     seed: int = Field(default=42, ge=0, le=2**31 - 1)
     webhook_url: HttpUrl | None = Field(default=None, description="POSTed on job.succeeded, "
                                         "job.failed and job.cancelled, signed (Standard "
@@ -63,6 +71,7 @@ class JobPublic(BaseModel):
     student: dict[str, Any]
     hyperparameters: dict[str, Any]
     distillation: dict[str, Any]
+    export: dict[str, Any]
     seed: int
     metrics: dict[str, Any] | None
     error: JobError | None

@@ -103,7 +103,7 @@ def create_job(session: Session, *, settings: Settings, tenant_id: str,
     try:
         config = DistillConfig(
             task=task, student=request.student, hyperparameters=request.hyperparameters,
-            distillation=request.distillation, seed=request.seed,
+            distillation=request.distillation, export=request.export, seed=request.seed,
         ).resolved(num_train_examples=train.num_rows)
     except ValidationError as exc:
         first = exc.errors()[0]
@@ -198,7 +198,8 @@ def to_public(job: Job) -> JobPublic:
         teacher=job.teacher, teacher_source=job.teacher_source, dataset=job.dataset_id,
         validation_dataset=job.validation_dataset_id, task=config["task"],
         student=config["student"], hyperparameters=config["hyperparameters"],
-        distillation=config["distillation"], seed=config["seed"], metrics=job.metrics,
+        distillation=config["distillation"], export=config["export"], seed=config["seed"],
+        metrics=job.metrics,
         error=JobError(code=job.error_code, message=job.error_message or "")
         if job.error_code else None,
         cancel_requested=job.cancel_requested, attempts=job.attempts,

@@ -15,7 +15,7 @@ from app.models import archive, catalog, repository
 from app.models.inspect import inspect_folder
 from app.models.models import Model
 from app.models.schemas import ModelPublic
-from app.storage import Storage
+from app.storage import Storage, check_key
 from app.uploads import SpooledUpload
 
 
@@ -29,18 +29,25 @@ def create_model(session: Session, *, storage: Storage, settings: Settings, tena
         info = inspect_folder(Path(tmp))
         try:
             for path in sorted(p for p in info.root.rglob("*") if p.is_file()):
-                storage.put_file(f"{prefix}/{path.relative_to(info.root).as_posix()}", path)
-        except ValueError as exc:  # a file name that is not a safe storage key
-            storage.delete_prefix(prefix)
-            raise AppError("model_invalid", f"unusable file name in the archive: {exc}", 422,
-                           field="file") from exc
-    return repository.add(session, Model(
-        id=model_id, tenant_id=tenant_id, filename=upload.filename, model_type=info.model_type,
-        num_parameters=info.num_parameters, num_layers=info.num_layers,
-        hidden_size=info.hidden_size, has_task_head=info.has_task_head, labels=info.labels,
-        config=info.config, sha256=upload.sha256, size_bytes=upload.size_bytes,
-        storage_key=prefix,
-    ))
+                relative = path.relative_to(info.root)
+                if any(part.startswith(".") or part == "__MACOSX" for part in relative.parts):
+                    continue  # .gitattributes, Finder's ._ files: not part of the model
+                try:
+                    check_key(relative.as_posix())
+                except ValueError as exc:
+                    raise AppError("model_invalid", f"archive member {relative.as_posix()!r} "
+                                   "has an unusable file name", 422, field="file") from exc
+                storage.put_file(f"{prefix}/{relative.as_posix()}", path)
+            return repository.add(session, Model(
+                id=model_id, tenant_id=tenant_id, filename=upload.filename,
+                model_type=info.model_type, num_parameters=info.num_parameters,
+                num_layers=info.num_layers, hidden_size=info.hidden_size,
+                has_task_head=info.has_task_head, labels=info.labels, config=info.config,
+                sha256=upload.sha256, size_bytes=upload.size_bytes, storage_key=prefix,
+            ))
+        except BaseException:
+            storage.delete_prefix(prefix)  # no orphan files for a model that was not recorded
+            raise
 
 
 def to_public(model: Model) -> ModelPublic:

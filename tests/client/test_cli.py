@@ -20,6 +20,7 @@ from app.main import create_app
 from tests.client.conftest import HUB_TEACHER, Fault, FaultyProxy, finish_job, unique_dataset
 from tests.factories import TINY_SENTIMENT
 from tests.jobs.conftest import TINY_STUDENT
+from tests.stray import cancel_stray_queued_jobs
 from tests.workerproc import start_worker, stop_worker
 
 # Wide enough that rich never folds an id in a table.
@@ -200,6 +201,7 @@ def live_url(database: str, queue: Any) -> Iterator[str]:
 def worker(tmp_path: Path) -> Iterator[None]:
     """A real worker for this one test only: later client tests expect queued jobs to stay
     queued."""
+    cancel_stray_queued_jobs()
     proc = start_worker(tmp_path / "worker.log", name="cli-e2e")
     yield
     stop_worker(proc)

@@ -15,6 +15,7 @@ from sqlalchemy import select
 from app.db import session_factory
 from app.jobs.models import JobEvent
 from tests.factories import TINY_SENTIMENT, zip_folder
+from tests.stray import cancel_stray_queued_jobs
 from tests.workerproc import start_worker, stop_worker
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -30,7 +31,8 @@ def worker_log(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="package")
-def worker(worker_log: Path) -> Iterator[subprocess.Popen[bytes]]:
+def worker(worker_log: Path, database: str) -> Iterator[subprocess.Popen[bytes]]:
+    cancel_stray_queued_jobs()
     proc = start_worker(worker_log, name="e2e")
     yield proc
     if stop_worker(proc) not in (0, -15):

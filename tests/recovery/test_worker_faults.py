@@ -15,6 +15,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 from tests.jobs.conftest import TINY_STUDENT, upload_inputs
+from tests.stray import cancel_stray_queued_jobs
 from tests.workerproc import start_worker, stop_worker
 
 pytestmark = pytest.mark.e2e
@@ -23,7 +24,8 @@ TERMINAL = {"succeeded", "failed", "cancelled"}
 
 
 @pytest.fixture()
-def workers(tmp_path: Path) -> Iterator[list[subprocess.Popen[bytes]]]:
+def workers(tmp_path: Path, database: str) -> Iterator[list[subprocess.Popen[bytes]]]:
+    cancel_stray_queued_jobs()
     procs: list[subprocess.Popen[bytes]] = []
     yield procs
     for proc in procs:

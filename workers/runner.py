@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import tempfile
 import threading
 import time
@@ -268,6 +269,20 @@ def _end(sessions: sessionmaker[Session], job: Job, owner: str, *, status: str,
         return True
 
 
+_RUST_IO_ERROR = re.compile(r"\(os error (\d+)\)")  # how safetensors reports an I/O failure
+
+
+def _os_error_in(exc: BaseException) -> OSError | None:
+    seen: BaseException | None = exc
+    while seen is not None:
+        if isinstance(seen, OSError):
+            return seen
+        if match := _RUST_IO_ERROR.search(str(seen)):
+            return OSError(int(match.group(1)), str(seen))
+        seen = seen.__cause__ or seen.__context__
+    return None
+
+
 def _storage_message(exc: OSError) -> str:
     what = STORAGE_ERRNOS.get(exc.errno or 0, exc.strerror or "a write failed")
     return f"storage failed while saving the job's files: {what}"
@@ -339,18 +354,15 @@ def run_job(job_id: str, *, worker: str,
         ended = _end(sessions, job, owner, status=JobStatus.failed, event="job_failed",
                      message=str(exc), level="error", data={"code": "storage_error"},
                      error_code="storage_error", error_message=str(exc), finished_at=utcnow())
-    except OSError as exc:
-        log.exception("job %s: storage failure", job.id)
-        message = _storage_message(exc)
+    except Exception as exc:
+        # A failing write often arrives wrapped by a library (torch, safetensors, onnx).
+        os_error = _os_error_in(exc)
+        log.exception("job %s %s", job.id, "hit a storage failure" if os_error else "crashed")
+        code, message = ("storage_error", _storage_message(os_error)) if os_error else (
+            "internal_error", "the worker hit an unexpected error; it has been logged")
         ended = _end(sessions, job, owner, status=JobStatus.failed, event="job_failed",
-                     message=message, level="error", data={"code": "storage_error"},
-                     error_code="storage_error", error_message=message, finished_at=utcnow())
-    except Exception:
-        log.exception("job %s crashed", job.id)
-        message = "the worker hit an unexpected error; it has been logged"
-        ended = _end(sessions, job, owner, status=JobStatus.failed, event="job_failed",
-                     message=message, level="error", data={"code": "internal_error"},
-                     error_code="internal_error", error_message=message, finished_at=utcnow())
+                     message=message, level="error", data={"code": code},
+                     error_code=code, error_message=message, finished_at=utcnow())
     finally:
         heartbeat.stopped.set()
     if ended and job.webhook_url:

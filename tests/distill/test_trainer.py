@@ -43,7 +43,7 @@ def test_progress_covers_every_step_with_a_planned_total(
     assert {p.total_steps for p in rec.progress} == {6}
     assert [p.stage for p in trained] == ["intermediate_distill"] * 3 + ["prediction_distill"] * 3
     assert set(trained[0].losses) == {"embedding", "hidden", "attention", "total"}
-    assert set(trained[-1].losses) == {"prediction", "total"}
+    assert set(trained[-1].losses) == {"prediction", "hard_label", "total"}
     assert [p.stage for p in rec.progress if not p.losses] == ["evaluate", "export"]
     types = {e.type for e in rec.events}
     assert {"stage_started", "stage_finished", "loss", "evaluation", "checkpoint_saved"} <= types

@@ -138,3 +138,28 @@ def test_postgres_restart_during_a_job_loses_nothing(
     assert job["attempts"] == 1
     assert_whole_history(client, job)
     assert workers[0].poll() is None  # the worker rode it out
+
+
+def test_failing_disk_fails_the_job_cleanly(
+    committing_client: TestClient, tiny_teacher_dir: Path,
+    workers: list[subprocess.Popen[bytes]],
+) -> None:
+    """Every file the worker writes is capped at 16 KiB by the kernel (RLIMIT_FSIZE): the
+    first checkpoint cannot be written. The job fails with a clear storage error, and no
+    torn checkpoint or artifact is left visible."""
+    from app.config import get_settings
+    from workers.runner import workdir_for
+
+    client = committing_client
+    workers.append(start_worker(None, name="full-disk", max_file_bytes=16 * 1024))
+    job_id = start_long_job(client, tiny_teacher_dir)
+    job = wait(client, job_id, lambda j: j["status"] in TERMINAL)
+    assert job["status"] == "failed"
+    assert job["error"]["code"] == "storage_error"
+    assert "size limit" in job["error"]["message"]
+    assert client.get(f"/v1/jobs/{job_id}/artifacts").json() == []
+    assert client.get(f"/v1/jobs/{job_id}/checkpoints").json() == []
+    checkpoints = workdir_for(get_settings(), job_id) / "checkpoints"
+    leftovers = [p.name for p in checkpoints.rglob("*")] if checkpoints.exists() else []
+    assert not [n for n in leftovers if n.endswith((".tmp", ".pt"))], leftovers
+    assert workers[0].poll() is None  # the worker itself carries on

@@ -43,7 +43,8 @@ def test_stale_running_job_is_taken_over_and_a_fresh_one_is_not(queued_job: str)
     assert claim(sessions, queued_job, worker="third") is None  # rescuer's heartbeat is fresh
     with sessions() as s:
         started = s.scalars(select(JobEvent).where(JobEvent.job_id == queued_job,
-                                                   JobEvent.type == "job_started")).all()
+                                                   JobEvent.type == "job_started")
+                            .order_by(JobEvent.id)).all()
     assert [e.data["takeover"] for e in started] == [False, True]
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import io
 import os
 import random
 import shutil
@@ -73,9 +74,13 @@ def save(directory: Path, ckpt: Checkpoint) -> Path:
     path = directory / CHECKPOINT_FILE
     tmp = directory / f".{CHECKPOINT_FILE}.tmp"
     payload = {"format": FORMAT, **ckpt.__dict__}
+    # Serialised in memory first (cost: one checkpoint's size in RAM): torch.save straight to a
+    # file turns a full disk into an opaque RuntimeError; f.write raises the real OSError.
+    buffer = io.BytesIO()
+    torch.save(payload, buffer)
     try:
         with open(tmp, "wb") as f:
-            torch.save(payload, f)
+            f.write(buffer.getbuffer())
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)

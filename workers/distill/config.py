@@ -126,7 +126,8 @@ class LossWeights(_Frozen):
     attention: float = Field(default=1.0, ge=0.0, le=1000.0)
     hidden: float = Field(default=1.0, ge=0.0, le=1000.0)
     prediction: float = Field(default=1.0, ge=0.0, le=1000.0)
-    hard_label: float = Field(default=0.0, ge=0.0, le=1000.0)
+    # Soft cross-entropy plus the labels, as the service promises; 0 is the paper's pure KD.
+    hard_label: float = Field(default=1.0, ge=0.0, le=1000.0)
     regression: float = Field(default=1.0, ge=0.0, le=1000.0)
 
 

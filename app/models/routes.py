@@ -3,10 +3,8 @@ from __future__ import annotations
 from typing import Annotated, Any
 
 from fastapi import APIRouter, File, UploadFile, status
-from fastapi.responses import JSONResponse
 
 from app import idempotency
-from app.auth.service import check_storage_quota, upload_limit
 from app.config import get_settings
 from app.db import SessionDep
 from app.deps import TenantDep
@@ -15,7 +13,7 @@ from app.models.schemas import ModelPublic
 from app.openapi import errors
 from app.pagination import AfterQuery, LimitQuery, Page
 from app.storage import get_storage
-from app.uploads import spool
+from app.upload_flow import handle_upload
 
 router = APIRouter(prefix="/v1/models", tags=["models"])
 
@@ -28,25 +26,12 @@ async def upload_model(session: SessionDep, tenant: TenantDep,
                        idempotency_key: idempotency.KeyHeader = None) -> Any:
     """Upload a teacher: safetensors weights only, BERT model_type, no custom code."""
     settings = get_settings()
-    upload = await spool(file, max_bytes=upload_limit(
-        session, settings=settings, tenant_id=tenant, default=settings.max_model_bytes))
-    try:
-        if idempotency_key and (replay := idempotency.begin(
-                session, tenant_id=tenant, key=idempotency_key, endpoint="POST /v1/models",
-                fingerprint=idempotency.request_hash(upload.filename, upload.sha256))):
-            return JSONResponse(replay.body, status_code=replay.status_code)
-        check_storage_quota(session, settings=settings, tenant_id=tenant,
-                            incoming_bytes=upload.size_bytes)
-        model = service.create_model(session, storage=get_storage(), settings=settings,
-                                     tenant_id=tenant, upload=upload)
-    finally:
-        upload.discard()
-    public = service.to_public(model)
-    if idempotency_key:
-        idempotency.finish(session, tenant_id=tenant, key=idempotency_key, status_code=201,
-                           body=public.model_dump(mode="json"))
-    session.commit()
-    return public
+    return await handle_upload(
+        session, tenant=tenant, file=file, idempotency_key=idempotency_key,
+        endpoint="POST /v1/models", max_bytes=settings.max_model_bytes,
+        create=lambda upload: service.to_public(service.create_model(
+            session, storage=get_storage(), settings=settings, tenant_id=tenant,
+            upload=upload)))
 
 
 @router.get("", response_model=Page[ModelPublic])

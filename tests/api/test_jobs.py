@@ -152,3 +152,16 @@ def test_unknown_job_and_artifacts_are_404(client: TestClient) -> None:
     assert client.get("/v1/jobs/job_missing").json()["error"]["code"] == "job_not_found"
     assert client.post("/v1/jobs/job_missing/cancel").status_code == 404
     assert client.get("/v1/jobs/job_missing/artifacts").status_code == 404
+
+
+def test_init_from_needs_a_job_with_a_checkpoint(client: TestClient, dataset_id: str,
+                                                 teacher_id: str) -> None:
+    source = create(client, teacher=teacher_id, dataset=dataset_id).json()["id"]
+    for init_from, status, code in (({"job": source}, 422, "checkpoint_not_found"),
+                                    ({"job": "job_missing"}, 404, "job_not_found")):
+        error = create(client, teacher=teacher_id, dataset=dataset_id,
+                       init_from=init_from).json()["error"]
+        assert (error["code"], error["field"]) == (code, "init_from.job")
+    error = create(client, teacher=teacher_id, dataset=dataset_id,
+                   student={"init": "checkpoint", "init_model": "/etc/passwd"}).json()["error"]
+    assert error["field"] == "student.init"  # never a path on the worker

@@ -151,6 +151,32 @@ def test_student_from_another_model(tmp_path: Path, vocab: list[str], teacher_di
     )
 
 
+def test_student_from_a_checkpoint_takes_its_weights(tmp_path: Path, teacher_dir: Path) -> None:
+    from workers.distill import checkpoint as ckpt_io
+
+    teacher = load_teacher(str(teacher_dir), task="classification", train_labels=["neg", "pos"])
+    shape = {"preset": None, "num_layers": 1, "hidden_size": 16, "num_attention_heads": 2,
+             "intermediate_size": 32, "init": "random"}
+    torch.manual_seed(1)
+    source = build_student(DistillConfig.model_validate({"student": shape}), teacher=teacher,
+                           task="classification", labels=teacher.labels)
+    path = ckpt_io.save(tmp_path, ckpt_io.Checkpoint(
+        fingerprint="x", config_json="{}", stage_index=1, stage_step=0, global_step=7,
+        student={k: v.clone() for k, v in source.state_dict().items()}))
+    config = DistillConfig.model_validate(
+        {"student": {**shape, "init": "checkpoint", "init_model": str(path)}})
+    torch.manual_seed(2)  # a different random start, overwritten by the checkpoint
+    student = build_student(config, teacher=teacher, task="classification", labels=teacher.labels)
+    for name, tensor in source.state_dict().items():
+        assert torch.equal(student.state_dict()[name], tensor), name
+
+    other = DistillConfig.model_validate({"student": {
+        **shape, "hidden_size": 8, "init": "checkpoint", "init_model": str(path)}})
+    with pytest.raises(DistillError) as info:
+        build_student(other, teacher=teacher, task="classification", labels=teacher.labels)
+    assert info.value.code == "checkpoint_mismatch"
+
+
 def test_projections_start_at_identity_for_equal_widths() -> None:
     x = torch.randn(2, 3, 8)
     torch.testing.assert_close(Projections(8, 8).hidden(x), x)

@@ -186,5 +186,20 @@ def test_cancel_running_job_stops_and_keeps_its_last_checkpoint(
         assert last["available"] is True and last["step"] == ended["progress"]["step"]
         wait_until(lambda: receiver.requests, worker)
         assert json.loads(receiver.requests[0][1])["type"] == "job.cancelled"
+
+        # A new job starts its student from that checkpoint.
+        shaped_otherwise = {**TINY_STUDENT, "hidden_size": 8}
+        refused = client.post("/v1/jobs", json={
+            "teacher": teacher, "dataset": train, "student": shaped_otherwise,
+            "init_from": {"job": job["id"]}})
+        assert refused.status_code == 422
+        assert refused.json()["error"]["field"] == "init_from.job"
+        follow_up = client.post("/v1/jobs", json={
+            "teacher": teacher, "dataset": train, "validation_dataset": dev,
+            "student": TINY_STUDENT, "init_from": {"job": job["id"]},
+            "hyperparameters": {"epochs": 1, "batch_size": 16, "max_seq_length": 32}}).json()
+        assert follow_up["init_from"] == {"job": job["id"], "step": last["step"]}
+        finished = wait_for(client, follow_up["id"], worker)
+        assert finished["status"] == "succeeded", finished["error"]
     finally:
         receiver.server.shutdown()

@@ -163,3 +163,44 @@ def test_failing_disk_fails_the_job_cleanly(
     leftovers = [p.name for p in checkpoints.rglob("*")] if checkpoints.exists() else []
     assert not [n for n in leftovers if n.endswith((".tmp", ".pt"))], leftovers
     assert workers[0].poll() is None  # the worker itself carries on
+
+
+REDIS_START = ["redis-server", "--daemonize", "yes", "--bind", "127.0.0.1", "-::1",
+               "--port", "6379", "--save", "", "--appendonly", "no",
+               "--dir", "/var/lib/redis", "--logfile", "/var/log/redis/ci.log"]
+
+
+@pytest.mark.skipif(shutil.which("redis-server") is None, reason="needs redis-server")
+def test_redis_restart_during_a_job_loses_nothing(
+    committing_client: TestClient, tiny_teacher_dir: Path, tmp_path: Path,
+    workers: list[subprocess.Popen[bytes]],
+) -> None:
+    """The broker goes away mid-training (and comes back empty: no persistence here). The
+    running job needs no broker, so it finishes; readiness reports the outage meanwhile."""
+    import redis
+
+    from app.config import get_settings
+
+    client = committing_client
+    workers.append(start_worker(tmp_path / "a.log", name="steady"))
+    job_id = start_long_job(client, tiny_teacher_dir)
+    wait(client, job_id, lambda j: j["status"] == "running" and j["progress"]["step"] > 5)
+    subprocess.run(["redis-cli", "-p", "6379", "shutdown", "nosave"], capture_output=True)
+    try:
+        assert client.get("/readyz").json()["checks"]["broker"] == "unreachable"
+    finally:
+        subprocess.run(REDIS_START, check=True, capture_output=True)
+    broker = redis.Redis.from_url(get_settings().broker_url)
+    deadline = time.monotonic() + 30
+    while True:  # the server takes a moment to accept connections again
+        try:
+            broker.ping()
+            break
+        except redis.ConnectionError:
+            assert time.monotonic() < deadline, "redis did not come back"
+            time.sleep(0.2)
+    job = wait(client, job_id, lambda j: j["status"] in TERMINAL)
+    assert job["status"] == "succeeded", job["error"]
+    assert job["attempts"] == 1
+    assert_whole_history(client, job)
+    assert client.get("/readyz").json()["status"] == "ready"

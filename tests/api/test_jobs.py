@@ -159,9 +159,10 @@ def test_init_from_needs_a_job_with_a_checkpoint(client: TestClient, dataset_id:
     source = create(client, teacher=teacher_id, dataset=dataset_id).json()["id"]
     for init_from, status, code in (({"job": source}, 422, "checkpoint_not_found"),
                                     ({"job": "job_missing"}, 404, "job_not_found")):
-        error = create(client, teacher=teacher_id, dataset=dataset_id,
-                       init_from=init_from).json()["error"]
-        assert (error["code"], error["field"]) == (code, "init_from.job")
+        response = create(client, teacher=teacher_id, dataset=dataset_id, init_from=init_from)
+        assert response.status_code == status
+        assert (response.json()["error"]["code"], response.json()["error"]["field"]) == (
+            code, "init_from.job")
     error = create(client, teacher=teacher_id, dataset=dataset_id,
                    student={"init": "checkpoint", "init_model": "/etc/passwd"}).json()["error"]
     assert error["field"] == "student.init"  # never a path on the worker

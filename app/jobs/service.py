@@ -117,6 +117,10 @@ def create_job(session: Session, *, settings: Settings, tenant_id: str,
         if not saved:
             raise AppError("checkpoint_not_found", f"job '{source.id}' has saved no checkpoint",
                            422, field="init_from.job")
+        if saved[-1].stage in (None, "preparing", "teacher_finetune"):
+            raise AppError("checkpoint_not_found", f"job '{source.id}' stopped before its "
+                           "student existed (while the teacher was fine-tuned)", 422,
+                           field="init_from.job")
         theirs = StudentConfig.model_validate(source.config["student"])
         if theirs.dims() != request.student.dims() or theirs.trim_vocab or \
                 request.student.trim_vocab:

@@ -167,9 +167,11 @@ def test_cancel_running_job_stops_and_keeps_its_last_checkpoint(
         job = client.post("/v1/jobs", json={
             "teacher": teacher, "dataset": train, "validation_dataset": dev,
             "student": TINY_STUDENT, "webhook_url": receiver.url,
-            "hyperparameters": {"epochs": 300, "batch_size": 16, "max_seq_length": 32}}).json()
+            "hyperparameters": {"epochs": 300, "batch_size": 16, "max_seq_length": 32},
+            "distillation": {"teacher_finetune": {"epochs": 1}}}).json()
+        # Cancelled once the student exists, so its checkpoint can seed another job below.
         wait_until(lambda: (j := client.get(f"/v1/jobs/{job['id']}").json())["status"]
-                   == "running" and j["progress"]["step"] > 0, worker)
+                   == "running" and j["stage"] == "intermediate_distill", worker)
         cancel = client.post(f"/v1/jobs/{job['id']}/cancel")
         assert cancel.status_code == 200
         assert cancel.json()["cancel_requested"] is True

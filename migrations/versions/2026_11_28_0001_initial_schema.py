@@ -1,7 +1,7 @@
 """initial schema
 
 Revision ID: 0001
-Revises: 
+Revises:
 Create Date: 2026-11-28
 
 Every row carries its tenant from the start; the 'default' tenant owns everything until
@@ -14,7 +14,6 @@ import sqlalchemy as sa
 from alembic import op
 
 import app.db
-
 
 revision: str = '0001'
 down_revision: str | None = None

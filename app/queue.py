@@ -37,6 +37,19 @@ def enqueue_webhook(job_id: str) -> None:
         retry_policy={"max_retries": 3, "interval_start": 0.2, "interval_step": 0.5})
 
 
+def queued_message_count() -> int | None:
+    """Messages waiting in the job queue, or None when the broker cannot say."""
+    settings = get_settings()
+    try:
+        with _client(settings.broker_url).connection_for_read() as conn:
+            _, count, _ = conn.default_channel.queue_declare(queue=settings.queue_name,
+                                                             passive=True)
+            return int(count)
+    except Exception as exc:  # a queue the broker forgot (a restart) has no messages
+        return 0 if "not_found" in str(exc).lower() or "no queue" in str(exc).lower() \
+            else None
+
+
 def broker_reachable() -> bool:
     settings = get_settings()
     try:

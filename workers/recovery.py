@@ -15,7 +15,7 @@ from app.config import Settings, get_settings
 from app.db import session_factory, utcnow
 from app.jobs import repository
 from app.jobs.models import JobStatus
-from app.queue import enqueue_job, enqueue_webhook
+from app.queue import enqueue_job, enqueue_webhook, queued_message_count
 
 log = logging.getLogger(__name__)
 
@@ -130,7 +130,15 @@ def reap_stale_jobs(settings: Settings | None = None) -> list[str]:
                                      data={"reason": "stale_heartbeat", "step": job.step})
                 requeued.append(job.id)
         resend_before = now - timedelta(seconds=settings.requeue_queued_after_seconds)
-        for job in repository.unsent_queued(s, enqueued_before=resend_before):
+        waiting = repository.unsent_queued(s, enqueued_before=resend_before)
+        if waiting:
+            # Re-send only as many as the broker lost: a long, healthy backlog has a message
+            # for every queued job and needs nothing (messages are doorbells, fairness picks).
+            in_broker = queued_message_count()
+            lost = len(waiting) if in_broker is None else max(
+                0, repository.count_queued(s) - in_broker)
+            waiting = waiting[:lost]
+        for job in waiting:
             if repository.transition(s, job.id, from_status=JobStatus.queued,
                                      to_status=JobStatus.queued, enqueued_at=now):
                 requeued.append(job.id)

@@ -90,7 +90,13 @@ def stale_running(session: Session, *, heartbeat_before: datetime) -> Sequence[J
 
 def unsent_queued(session: Session, *, enqueued_before: datetime) -> Sequence[Job]:
     return session.scalars(select(Job).where(Job.status == JobStatus.queued,
-                                             Job.enqueued_at < enqueued_before)).all()
+                                             Job.enqueued_at < enqueued_before)
+                           .order_by(Job.enqueued_at)).all()
+
+
+def count_queued(session: Session) -> int:
+    return session.scalar(select(func.count()).select_from(Job)
+                          .where(Job.status == JobStatus.queued)) or 0
 
 
 def update_running(session: Session, job_id: str, *, owner: str, **values: Any) -> bool:

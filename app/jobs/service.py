@@ -28,13 +28,15 @@ from app.jobs.schemas import (
     MetricsSeries,
     Progress,
     StepMetrics,
+    Task,
     WebhookDeliveryPublic,
 )
 from app.models import catalog
 from app.models import repository as models_repository
 from workers.distill.config import DistillConfig, StudentConfig
 
-TASK_FOR_LABELS = {"categorical": "classification", "numeric": "regression", "none": "general"}
+TASK_FOR_LABELS: dict[str, Task] = {"categorical": "classification", "numeric": "regression",
+                                    "none": "general"}
 LABELS_FOR_TASK = {"classification": {"categorical"}, "regression": {"numeric"},
                    "general": {"categorical", "numeric", "none"}}
 

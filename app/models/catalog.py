@@ -47,7 +47,7 @@ def entries(model_dir: Path) -> list[CatalogEntry]:
             if path.is_dir() and _NAME.match(path.name) and (info := _inspect(path)):
                 found.append(CatalogEntry(name=path.name, source="catalog", info=info))
     for name in PACKAGED:
-        if (path := _packaged_path(name)) and (info := _inspect(path)):
+        if (packaged := _packaged_path(name)) and (info := _inspect(packaged)):
             if not any(e.name == name for e in found):
                 found.append(CatalogEntry(name=name, source="package", info=info))
     return found

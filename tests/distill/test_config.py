@@ -36,6 +36,10 @@ def _locs(raw: dict) -> list[tuple]:
             {"distillation": {"prediction": {"schedule": "step"}}},
             ("distillation", "prediction", "schedule"),
         ),
+        (
+            {"distillation": {"weights": {"prediction": 0, "hard_label": 0}}},
+            ("distillation", "weights"),
+        ),
         ({"seed": -1}, ("seed",)),
         ({"surprise": 1}, ("surprise",)),
     ],

@@ -155,23 +155,43 @@ def test_student_from_a_checkpoint_takes_its_weights(tmp_path: Path, teacher_dir
     from workers.distill import checkpoint as ckpt_io
 
     teacher = load_teacher(str(teacher_dir), task="classification", train_labels=["neg", "pos"])
-    shape = {"preset": None, "num_layers": 1, "hidden_size": 16, "num_attention_heads": 2,
-             "intermediate_size": 32, "init": "random"}
+    shape = {
+        "preset": None,
+        "num_layers": 1,
+        "hidden_size": 16,
+        "num_attention_heads": 2,
+        "intermediate_size": 32,
+        "init": "random",
+    }
     torch.manual_seed(1)
-    source = build_student(DistillConfig.model_validate({"student": shape}), teacher=teacher,
-                           task="classification", labels=teacher.labels)
-    path = ckpt_io.save(tmp_path, ckpt_io.Checkpoint(
-        fingerprint="x", config_json="{}", stage_index=1, stage_step=0, global_step=7,
-        student={k: v.clone() for k, v in source.state_dict().items()}))
+    source = build_student(
+        DistillConfig.model_validate({"student": shape}),
+        teacher=teacher,
+        task="classification",
+        labels=teacher.labels,
+    )
+    path = ckpt_io.save(
+        tmp_path,
+        ckpt_io.Checkpoint(
+            fingerprint="x",
+            config_json="{}",
+            stage_index=1,
+            stage_step=0,
+            global_step=7,
+            student={k: v.clone() for k, v in source.state_dict().items()},
+        ),
+    )
     config = DistillConfig.model_validate(
-        {"student": {**shape, "init": "checkpoint", "init_model": str(path)}})
+        {"student": {**shape, "init": "checkpoint", "init_model": str(path)}}
+    )
     torch.manual_seed(2)  # a different random start, overwritten by the checkpoint
     student = build_student(config, teacher=teacher, task="classification", labels=teacher.labels)
     for name, tensor in source.state_dict().items():
         assert torch.equal(student.state_dict()[name], tensor), name
 
-    other = DistillConfig.model_validate({"student": {
-        **shape, "hidden_size": 8, "init": "checkpoint", "init_model": str(path)}})
+    other = DistillConfig.model_validate(
+        {"student": {**shape, "hidden_size": 8, "init": "checkpoint", "init_model": str(path)}}
+    )
     with pytest.raises(DistillError) as info:
         build_student(other, teacher=teacher, task="classification", labels=teacher.labels)
     assert info.value.code == "checkpoint_mismatch"
@@ -196,3 +216,93 @@ def test_trimmed_vocabulary_tokenises_seen_text_the_same(teacher_dir: Path) -> N
     )
     shrink_embeddings(model, kept)
     assert model.get_input_embeddings().weight.shape[0] == len(kept)
+
+
+def test_narrower_student_is_sliced_from_the_teacher(teacher_dir: Path) -> None:
+    """Weight selection: one index set per kind of axis, per head for attention features."""
+    teacher = load_teacher(str(teacher_dir), task="classification", train_labels=["neg", "pos"])
+    config = DistillConfig.model_validate(
+        {
+            "student": {
+                "preset": None,
+                "num_layers": 2,
+                "hidden_size": 24,
+                "num_attention_heads": 4,
+                "intermediate_size": 40,
+                "init": "teacher_select",
+            }
+        }
+    )
+    student = build_student(config, teacher=teacher, task="classification", labels=teacher.labels)
+    hidden = torch.arange(24)
+    heads = torch.tensor([h * 8 + i for h in range(4) for i in range(6)])  # head dim 8 -> 6
+    inner = torch.arange(40)
+    t_layers, s_layers = teacher.model.bert.encoder.layer, student.bert.encoder.layer
+    for m, g in enumerate([2, 4]):
+        s, t = s_layers[m], t_layers[g - 1]
+        for name in ("query", "key", "value"):
+            lin_s, lin_t = getattr(s.attention.self, name), getattr(t.attention.self, name)
+            assert torch.equal(lin_s.weight, lin_t.weight[heads][:, hidden])
+            assert torch.equal(lin_s.bias, lin_t.bias[heads])
+        assert torch.equal(
+            s.attention.output.dense.weight, t.attention.output.dense.weight[hidden][:, heads]
+        )
+        assert torch.equal(
+            s.intermediate.dense.weight, t.intermediate.dense.weight[inner][:, hidden]
+        )
+        assert torch.equal(s.output.dense.weight, t.output.dense.weight[hidden][:, inner])
+        assert torch.equal(s.output.LayerNorm.weight, t.output.LayerNorm.weight[hidden])
+    s_emb, t_emb = student.bert.embeddings, teacher.model.bert.embeddings
+    assert torch.equal(s_emb.word_embeddings.weight, t_emb.word_embeddings.weight[:, hidden])
+    assert torch.equal(student.classifier.weight, teacher.model.classifier.weight[:, hidden])
+
+
+def test_same_width_selection_is_an_exact_copy(teacher_dir: Path) -> None:
+    teacher = load_teacher(str(teacher_dir), task="classification", train_labels=["neg", "pos"])
+    shape = {
+        "preset": None,
+        "num_layers": 2,
+        "hidden_size": 32,
+        "num_attention_heads": 4,
+        "intermediate_size": 64,
+    }
+    copied, selected = (
+        build_student(
+            DistillConfig.model_validate({"student": {**shape, "init": init}}),
+            teacher=teacher,
+            task="classification",
+            labels=teacher.labels,
+        )
+        for init in ("teacher_layers", "teacher_select")
+    )
+    for (name, a), b in zip(
+        copied.state_dict().items(), selected.state_dict().values(), strict=True
+    ):
+        assert torch.equal(a, b), name
+
+
+@pytest.mark.parametrize(
+    ("init", "shape"),
+    [
+        ("teacher_layers", {"hidden_size": 24, "intermediate_size": 40}),  # narrower: select
+        ("teacher_select", {"hidden_size": 48, "intermediate_size": 64}),  # wider than teacher
+    ],
+)
+def test_teacher_init_refuses_shapes_it_cannot_fill(
+    teacher_dir: Path, init: str, shape: dict[str, int]
+) -> None:
+    teacher = load_teacher(str(teacher_dir), task="classification", train_labels=["neg", "pos"])
+    config = DistillConfig.model_validate(
+        {
+            "student": {
+                "preset": None,
+                "num_layers": 2,
+                "num_attention_heads": 4,
+                "init": init,
+                **shape,
+            }
+        }
+    )
+    with pytest.raises(DistillError) as caught:
+        build_student(config, teacher=teacher, task="classification", labels=teacher.labels)
+    assert caught.value.code == "student_init_invalid"

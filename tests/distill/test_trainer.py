@@ -218,3 +218,38 @@ def test_trimmed_vocabulary_student(teacher_dir, train_examples, dev_examples, t
     assert len(tok) < len(teacher_tok)
     text = train_examples[0].text
     assert tok.tokenize(text) == teacher_tok.tokenize(text)
+
+
+def test_training_on_labels_alone_never_runs_the_teacher(
+    teacher_dir, train_examples, dev_examples, tmp_path
+) -> None:
+    """With every teacher term at 0 the prediction stage skips the teacher's forward pass."""
+    import torch
+
+    teacher_width = AutoModel.from_pretrained(teacher_dir).config.hidden_size
+    assert teacher_width != 16  # tiny_config's student is 16 wide
+
+    def teacher_forwards(weights: dict, workdir: Path) -> tuple[int, list]:
+        calls: list[int] = []
+
+        def spy(module, _args, _output) -> None:  # noqa: ANN001
+            if module.__class__.__name__.endswith("ForSequenceClassification") and (
+                module.config.hidden_size == teacher_width
+            ):
+                calls.append(1)
+
+        config = tiny_config(distillation={"intermediate": {"enabled": False}, "weights": weights})
+        rec = Recorder()
+        handle = torch.nn.modules.module.register_module_forward_hook(spy)
+        try:
+            _run(config, teacher_dir, train_examples, dev_examples, workdir, rec)
+        finally:
+            handle.remove()
+        return len(calls), [p for p in rec.progress if p.losses]
+
+    alone, steps = teacher_forwards({"prediction": 0, "hard_label": 1}, tmp_path / "labels")
+    with_kd, kd_steps = teacher_forwards({"prediction": 1, "hard_label": 1}, tmp_path / "kd")
+    assert steps and all(set(p.losses) == {"hard_label", "total"} for p in steps)
+    assert len(steps) == len(kd_steps)
+    # Evaluation and export score the teacher in both runs; only KD adds one call a step.
+    assert alone > 0 and with_kd - alone == len(steps)

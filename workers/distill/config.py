@@ -48,8 +48,11 @@ class StudentConfig(_Frozen):
     num_attention_heads: int | None = Field(default=None, ge=1, le=128)
     intermediate_size: int | None = Field(default=None, ge=8, le=32768)
     # auto = teacher_layers when the widths match the teacher's, else random;
+    # teacher_select = teacher_layers sliced to a narrower student (weight selection);
     # checkpoint = the student weights of a checkpoint file (the service's init_from)
-    init: Literal["auto", "random", "teacher_layers", "model", "checkpoint"] = "auto"
+    init: Literal["auto", "random", "teacher_layers", "teacher_select", "model", "checkpoint"] = (
+        "auto"
+    )
     init_model: str | None = Field(default=None, min_length=1, max_length=500)
     trim_vocab: bool = False
 
@@ -196,6 +199,14 @@ class DistillConfig(_Frozen):
                     f"lists {len(layer_map)} teacher layers for a student with {num_layers}",
                     layer_map,
                 )
+        d, w = self.distillation, self.distillation.weights
+        teacher_weight = w.regression if self.task == "regression" else w.prediction
+        if self.task != "general" and d.prediction.enabled and teacher_weight + w.hard_label == 0:
+            raise self._fail(
+                ("distillation", "weights"),
+                "the prediction stage needs a teacher term or hard_label above 0",
+                w.model_dump(),
+            )
         return self
 
     def resolved(self, *, num_train_examples: int) -> DistillConfig:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 import json
 import math
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -208,13 +209,21 @@ def build_student(
         return student
     if init == "auto":
         init = "teacher_layers" if same_width else "random"
-    if init == "teacher_layers":
-        if not same_width:
+    if init in ("teacher_layers", "teacher_select"):
+        if init == "teacher_layers" and not same_width:
             raise DistillError(
                 "student_init_invalid",
                 "init='teacher_layers' needs the teacher's hidden and intermediate sizes "
                 f"({t_cfg.hidden_size}, {t_cfg.intermediate_size}); the student has "
-                f"({dims.hidden_size}, {dims.intermediate_size})",
+                f"({dims.hidden_size}, {dims.intermediate_size}); init='teacher_select' "
+                "slices a narrower student out of them",
+            )
+        if dims.hidden_size > t_cfg.hidden_size or dims.intermediate_size > t_cfg.intermediate_size:
+            raise DistillError(
+                "student_init_invalid",
+                f"init='{init}' needs a student no wider than the teacher "
+                f"(hidden {t_cfg.hidden_size}, intermediate {t_cfg.intermediate_size}); the "
+                f"student has ({dims.hidden_size}, {dims.intermediate_size})",
             )
         mapping = layer_map(
             config.distillation.layer_map,
@@ -235,12 +244,16 @@ def load_checkpoint_student(student: PreTrainedModel, path: str) -> None:
         raise DistillError("checkpoint_mismatch", f"{path} holds no student weights yet")
     own = student.state_dict()
     head = {name for name in own if name.startswith(("classifier.", "score."))}
-    wrong = sorted(n for n, t in state.items()
-                   if n in own and own[n].shape != t.shape and n not in head)
+    wrong = sorted(
+        n for n, t in state.items() if n in own and own[n].shape != t.shape and n not in head
+    )
     missing = sorted(n for n in own if n not in state and n not in head)
     if wrong or missing:
-        raise DistillError("checkpoint_mismatch", "the checkpoint's student has another shape "
-                           f"(first differences: {(wrong + missing)[:3]})")
+        raise DistillError(
+            "checkpoint_mismatch",
+            "the checkpoint's student has another shape "
+            f"(first differences: {(wrong + missing)[:3]})",
+        )
     usable = {n: t for n, t in state.items() if n in own and own[n].shape == t.shape}
     student.load_state_dict(usable, strict=False)
 
@@ -248,27 +261,79 @@ def load_checkpoint_student(student: PreTrainedModel, path: str) -> None:
 def copy_teacher_layers(
     student: PreTrainedModel, teacher: PreTrainedModel, mapping: Sequence[int], *, copy_head: bool
 ) -> None:
-    """Embeddings, pooler and student layer m <- teacher layer mapping[m-1] (same widths)."""
+    """Embeddings, pooler, head and student layer m <- teacher layer mapping[m-1].
+
+    A student as wide as the teacher gets exact copies. A narrower one gets weight selection
+    (Xu et al., "Initializing Models with Larger Ones", ICLR 2024): every tensor is sliced with
+    the same indices along the same kind of axis, so the residual stream keeps the teacher's
+    first `hidden` features everywhere, the feed-forward its first `intermediate` units and each
+    attention head the first dimensions of the teacher head it comes from (when the head counts
+    match; otherwise the first heads' dimensions, in order).
+    """
+    t_cfg, s_cfg = teacher.config, student.config
+    hidden = torch.arange(s_cfg.hidden_size)
+    heads = _head_indices(t_cfg, s_cfg)
+    inner = torch.arange(s_cfg.intermediate_size)
     s_base: Any = student.base_model
     t_base: Any = teacher.base_model
     with torch.no_grad():
-        s_base.embeddings.load_state_dict(t_base.embeddings.state_dict())
+        _select_into(s_base.embeddings, t_base.embeddings, hidden=hidden, heads=heads, inner=inner)
         s_layers, t_layers = encoder_layers(student), encoder_layers(teacher)
         for m, g in enumerate(mapping):
-            s_layers[m].load_state_dict(t_layers[g - 1].state_dict())
+            _select_into(s_layers[m], t_layers[g - 1], hidden=hidden, heads=heads, inner=inner)
         if (
             getattr(s_base, "pooler", None) is not None
             and getattr(t_base, "pooler", None) is not None
         ):
-            s_base.pooler.load_state_dict(t_base.pooler.state_dict())
+            _select_into(s_base.pooler, t_base.pooler, hidden=hidden, heads=heads, inner=inner)
         s_head, t_head = _head(student), _head(teacher)
         if copy_head and s_head is not None and t_head is not None:
             s_sd, t_sd = s_head.state_dict(), t_head.state_dict()
-            if (
-                all(s_sd[k].shape == t_sd[k].shape for k in s_sd if k in t_sd)
-                and s_sd.keys() == t_sd.keys()
+            if s_sd.keys() == t_sd.keys() and all(
+                s_sd[k].dim() == t_sd[k].dim()
+                and all(
+                    a == b or a == len(hidden)
+                    for a, b in zip(s_sd[k].shape, t_sd[k].shape, strict=True)
+                )
+                for k in s_sd
             ):
-                s_head.load_state_dict(t_sd)
+                _select_into(s_head, t_head, hidden=hidden, heads=heads, inner=inner)
+
+
+def _head_indices(t_cfg: PretrainedConfig, s_cfg: PretrainedConfig) -> Tensor:
+    """Which of the teacher's attention features (heads x head_dim) each student feature takes."""
+    t_dim = t_cfg.hidden_size // t_cfg.num_attention_heads
+    s_dim = s_cfg.hidden_size // s_cfg.num_attention_heads
+    if t_cfg.num_attention_heads == s_cfg.num_attention_heads and s_dim <= t_dim:
+        return torch.cat(
+            [h * t_dim + torch.arange(s_dim) for h in range(s_cfg.num_attention_heads)]
+        )
+    return torch.arange(s_cfg.hidden_size)
+
+
+def _select_into(
+    student: nn.Module, teacher: nn.Module, *, hidden: Tensor, heads: Tensor, inner: Tensor
+) -> None:
+    """Copy each of `teacher`'s tensors into `student`'s, sliced where the student is smaller."""
+    t_sd = teacher.state_dict()
+    out: dict[str, Tensor] = {}
+    for name, s_t in student.state_dict().items():
+        t = t_sd[name]
+        for axis, size in enumerate(s_t.shape):
+            if t.shape[axis] == size:
+                continue
+            index = hidden
+            if axis == 0 and re.search(r"attention\.self\.(query|key|value)\.", name):
+                index = heads
+            elif axis == 1 and name.endswith("attention.output.dense.weight"):
+                index = heads
+            elif (axis == 0 and name.startswith("intermediate.dense.")) or (
+                axis == 1 and name == "output.dense.weight"
+            ):
+                index = inner
+            t = t.index_select(axis, index.to(t.device))
+        out[name] = t.clone()
+    student.load_state_dict(out)
 
 
 def _head(model: PreTrainedModel) -> nn.Module | None:
@@ -294,14 +359,15 @@ class Projections(nn.Module):
     """W_e and W_h of TinyBERT eqs. 9-10: student width -> teacher width, any two widths.
 
     Equal widths start from the identity so a student copied from teacher layers starts at
-    its true distance from the teacher.
+    its true distance from the teacher; so does a student sliced from the teacher (`identity`),
+    whose features are the teacher's first ones.
     """
 
-    def __init__(self, width_s: int, width_t: int) -> None:
+    def __init__(self, width_s: int, width_t: int, *, identity: bool = False) -> None:
         super().__init__()
         self.embedding = nn.Linear(width_s, width_t)
         self.hidden = nn.Linear(width_s, width_t)
-        if width_s == width_t:
+        if width_s == width_t or (identity and width_s < width_t):
             for lin in (self.embedding, self.hidden):
                 nn.init.eye_(lin.weight)
                 nn.init.zeros_(lin.bias)

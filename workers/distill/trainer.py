@@ -298,7 +298,9 @@ class _Run:
             if self.input_map is not None:
                 shrink_embeddings(student, self.kept_ids)
             projections = Projections(
-                student.config.hidden_size, self.teacher.model.config.hidden_size
+                student.config.hidden_size,
+                self.teacher.model.config.hidden_size,
+                identity=cfg.student.init == "teacher_select",
             )
         self.student = student.to(self.device)  # type: ignore[arg-type]  # HF's typed .to
         self.projections = projections.to(self.device)
@@ -511,12 +513,18 @@ class _Run:
         temperature = cfg.hyperparameters.temperature
         heads = s_cfg.num_attention_heads
 
+        # A prediction stage whose teacher terms all weigh 0 (training on the labels alone)
+        # skips the teacher's forward pass: it would cost more than the student's step.
+        teacher_weight = w.regression if self.task == "regression" else w.prediction
+        needs_teacher = intermediate or teacher_weight > 0
+
         def step(batch: Batch) -> dict[str, Tensor]:
             mask = batch["attention_mask"].to(self.device)
             f_s = student(batch, hidden=intermediate)
-            f_t = teacher(batch, hidden=intermediate)
+            f_t = teacher(batch, hidden=intermediate) if needs_teacher else None
             parts: dict[str, Tensor] = {}
             if intermediate:
+                assert f_t is not None
                 parts.update(
                     _intermediate_losses(
                         f_s,
@@ -535,18 +543,24 @@ class _Run:
                     + w.attention * parts.get("attention", torch.zeros((), device=mask.device))
                 )
             else:
-                assert f_s.logits is not None and f_t.logits is not None
+                assert f_s.logits is not None
+                t_logits = f_t.logits if f_t is not None else None
+                total = torch.zeros((), device=mask.device)
                 if self.task == "regression":
-                    parts["regression"] = L.regression_mse(f_s.logits, f_t.logits)
-                    total = w.regression * parts["regression"]
+                    if t_logits is not None:
+                        parts["regression"] = L.regression_mse(f_s.logits, t_logits)
+                        total = w.regression * parts["regression"]
                     if w.hard_label > 0:
                         parts["hard_label"] = L.regression_mse(
                             f_s.logits, batch["labels"].to(self.device)
                         )
                         total = total + w.hard_label * parts["hard_label"]
                 else:
-                    parts["prediction"] = L.soft_cross_entropy(f_s.logits, f_t.logits, temperature)
-                    total = w.prediction * parts["prediction"]
+                    if t_logits is not None:
+                        parts["prediction"] = L.soft_cross_entropy(
+                            f_s.logits, t_logits, temperature
+                        )
+                        total = w.prediction * parts["prediction"]
                     if w.hard_label > 0:
                         parts["hard_label"] = L.hard_cross_entropy(
                             f_s.logits, batch["labels"].to(self.device)

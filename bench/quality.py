@@ -39,6 +39,7 @@ import multiprocessing
 import pickle
 import random
 import shutil
+import signal
 import sys
 import tempfile
 import time
@@ -541,39 +542,50 @@ class Bench:
         """Two waves on a pool of --jobs processes: the teachers, the SVMs and general
         distillation (independent of each other), then each (dataset, student) pair's variants,
         the longest first so the pool ends together."""
-        s = self.s
         context = multiprocessing.get_context("spawn")  # a fresh torch per process, no fork
-        with ProcessPoolExecutor(max_workers=s.jobs, mp_context=context,
-                                 initializer=_worker_init, initargs=(s.threads,)) as pool:
-            first = [pool.submit(teacher_task, s, self.work, d) for d in s.datasets]
-            if "gd+tinybert" in s.variants:
-                first += [pool.submit(general_task, s, self.work, st) for st in s.students]
-            teachers: dict[str, dict[str, Any]] = {}
-            for future in as_completed(first):
-                done = future.result()
-                if "student" in done:
-                    self.general[done["student"]] = done
-                else:
-                    teachers[done["dataset"]] = done
-                    self._add_teacher(done)
-                self.save(finished=False)
+        pool = ProcessPoolExecutor(max_workers=self.s.jobs, mp_context=context,
+                                   initializer=_worker_init, initargs=(self.s.threads,))
+        try:
+            self._run_waves(pool)
+        except BaseException:
+            # Ctrl-C or SIGTERM: stop the workers now rather than let them train on, orphaned.
+            pool.shutdown(wait=False, cancel_futures=True)
+            for child in multiprocessing.active_children():
+                child.terminate()
+            raise
+        pool.shutdown()
 
-            def cost(pair: tuple[str, str]) -> float:
-                dims = PRESETS[pair[1]]
-                return teachers[pair[0]]["train_examples"] * (1 + dims.num_layers * dims.hidden_size
-                                                             / 312)
+    def _run_waves(self, pool: ProcessPoolExecutor) -> None:
+        s = self.s
+        first = [pool.submit(teacher_task, s, self.work, d) for d in s.datasets]
+        if "gd+tinybert" in s.variants:
+            first += [pool.submit(general_task, s, self.work, st) for st in s.students]
+        teachers: dict[str, dict[str, Any]] = {}
+        for future in as_completed(first):
+            done = future.result()
+            if "student" in done:
+                self.general[done["student"]] = done
+            else:
+                teachers[done["dataset"]] = done
+                self._add_teacher(done)
+            self.save(finished=False)
 
-            pairs = sorted(((d, st) for d in s.datasets for st in s.students), key=cost,
-                           reverse=True)
-            second = [pool.submit(students_task, s, self.work, d, st, teachers[d],
-                                  self.general.get(st), self.keep) for d, st in pairs]
-            for future in as_completed(second):
-                done = future.result()
-                self.rows += done["rows"]
-                self.runs += done["runs"]
-                for key, config in done["configs"].items():
-                    self.latency_calls.setdefault(key, config)
-                self.save(finished=False)
+        def cost(pair: tuple[str, str]) -> float:
+            dims = PRESETS[pair[1]]
+            return teachers[pair[0]]["train_examples"] * (1 + dims.num_layers * dims.hidden_size
+                                                         / 312)
+
+        pairs = sorted(((d, st) for d in s.datasets for st in s.students), key=cost,
+                       reverse=True)
+        second = [pool.submit(students_task, s, self.work, d, st, teachers[d],
+                              self.general.get(st), self.keep) for d, st in pairs]
+        for future in as_completed(second):
+            done = future.result()
+            self.rows += done["rows"]
+            self.runs += done["runs"]
+            for key, config in done["configs"].items():
+                self.latency_calls.setdefault(key, config)
+            self.save(finished=False)
 
     def _add_teacher(self, t: dict[str, Any]) -> None:
         dataset, teacher = t["dataset"], t["scored"]
@@ -620,6 +632,10 @@ def report(b: Bench, *, finished: bool) -> None:
     print(f"total wall time: {fmt_seconds(wall)} ({wall:.0f} s), {state}; JSON: {s.out}")
 
 
+def _interrupt(signum: int, _frame: Any) -> None:
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
 def main(argv: list[str] | None = None) -> int:
     s, workdir = parse_args(argv)
     if s.threads:
@@ -634,6 +650,7 @@ def main(argv: list[str] | None = None) -> int:
     elif workdir.exists() and any(workdir.iterdir()):
         raise SystemExit(f"--workdir {workdir} is not empty; the engine would resume from it")
     bench = Bench(s, workdir, keep=tmp is None)
+    signal.signal(signal.SIGTERM, _interrupt)
     finished = False
     try:
         bench.run_all()

@@ -47,8 +47,9 @@ class StudentConfig(_Frozen):
     hidden_size: int | None = Field(default=None, ge=8, le=8192)
     num_attention_heads: int | None = Field(default=None, ge=1, le=128)
     intermediate_size: int | None = Field(default=None, ge=8, le=32768)
-    # auto = teacher_layers when the widths match the teacher's, else random;
-    # teacher_select = teacher_layers sliced to a narrower student (weight selection);
+    # auto = teacher_layers when the widths match the teacher's, teacher_select when the
+    # student is narrower, else random; teacher_select = teacher_layers sliced to a narrower
+    # student (weight selection);
     # checkpoint = the student weights of a checkpoint file (the service's init_from)
     init: Literal["auto", "random", "teacher_layers", "teacher_select", "model", "checkpoint"] = (
         "auto"

@@ -36,6 +36,7 @@ from .models import (
     Projections,
     build_student,
     count_parameters,
+    effective_init,
     layer_map,
     load_task_model,
     load_teacher,
@@ -300,7 +301,13 @@ class _Run:
             projections = Projections(
                 student.config.hidden_size,
                 self.teacher.model.config.hidden_size,
-                identity=cfg.student.init == "teacher_select",
+                identity=effective_init(
+                    cfg.student.init,
+                    teacher=self.teacher.model.config,
+                    hidden=student.config.hidden_size,
+                    intermediate=student.config.intermediate_size,
+                )
+                == "teacher_select",
             )
         self.student = student.to(self.device)  # type: ignore[arg-type]  # HF's typed .to
         self.projections = projections.to(self.device)

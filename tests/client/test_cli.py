@@ -151,7 +151,16 @@ def test_watch_follows_the_event_stream_until_the_job_ends(
 def test_watch_falls_back_to_polling_without_the_stream(
         proxy: FaultyProxy, api: DistilleryClient, job_id: str, api_key: str) -> None:
     proxy.faults.append(Fault("404", "GET", f"/v1/jobs/{job_id}/events"))
-    canceller = threading.Timer(0.3, api.cancel_job, args=[job_id])
+
+    def cancel_once_polled() -> None:
+        # Cancel only after the CLI has fallen back to polling and seen the job running once;
+        # a fixed delay raced a CLI that started slowly on a loaded machine.
+        deadline = time.monotonic() + 60
+        while not proxy.requests("GET", f"/v1/jobs/{job_id}") and time.monotonic() < deadline:
+            time.sleep(0.01)
+        api.cancel_job(job_id)
+
+    canceller = threading.Thread(target=cancel_once_polled)
     canceller.start()
     result = run("--base-url", proxy.url, "jobs", "watch", job_id, "--poll-interval", "0.05",
                  env={"DISTILLERY_API_KEY": api_key}, code=1)

@@ -151,3 +151,13 @@ def tiny_teacher_dir(tiny_texts: list[str], tmp_path_factory: pytest.TempPathFac
     """A tiny BERT without a task head (so a job fine-tunes it first)."""
     return save_tiny_bert(tmp_path_factory.mktemp("teacher") / "tiny-bert", tiny_vocab(tiny_texts),
                           head=None)
+
+
+def pytest_sessionstart(session: pytest.Session) -> None:
+    """One clear line, not a FileNotFoundError in every test, when the datasets are not found."""
+    if not (TINY_SENTIMENT / "train.jsonl").is_file():
+        pytest.exit(
+            f"the shared datasets are not at {TINY_SENTIMENT.parent} (they sit in "
+            "../shared/datasets beside the checkout); set DISTILLERY_DATASETS to their folder",
+            returncode=4,
+        )

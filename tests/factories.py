@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import re
 from collections import Counter
 from collections.abc import Sequence
@@ -10,8 +11,10 @@ from pathlib import Path
 
 # --- tiny BERTs and their WordPiece vocabulary (tests/distill) ---
 
-# shared/ lies beside the checkout, in CI as here.
-SHARED_DATASETS = Path(__file__).resolve().parents[2] / "shared" / "datasets"
+# shared/ lies beside the checkout, in CI as here; DISTILLERY_DATASETS points elsewhere (as in
+# bench/), for a checkout that lives somewhere else.
+_BESIDE = Path(__file__).resolve().parents[2] / "shared" / "datasets"
+SHARED_DATASETS = Path(os.environ.get("DISTILLERY_DATASETS", _BESIDE))
 TINY_SENTIMENT = SHARED_DATASETS / "tiny-sentiment"
 SPECIAL_TOKENS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
 

@@ -41,16 +41,20 @@ LABELS_FOR_TASK = {"classification": {"categorical"}, "regression": {"numeric"},
                    "general": {"categorical", "numeric", "none"}}
 
 
-def _teacher_source(session: Session, *, settings: Settings, tenant_id: str, teacher: str) -> str:
+def _teacher_source(session: Session, *, settings: Settings, tenant_id: str,
+                    teacher: str) -> tuple[str, int | None]:
+    """Where the teacher comes from, and its width when this side can know it (a hub
+    model's is known only once a worker has loaded it)."""
     if teacher.startswith("mdl_"):
-        if models_repository.get(session, tenant_id=tenant_id, model_id=teacher) is None:
+        model = models_repository.get(session, tenant_id=tenant_id, model_id=teacher)
+        if model is None:
             raise AppError("teacher_not_found", f"no uploaded model '{teacher}'", 404,
                            field="teacher")
-        return "upload"
-    if catalog.resolve(teacher, settings.model_dir) is not None:
-        return "catalog"
+        return "upload", model.hidden_size
+    if (folder := catalog.resolve(teacher, settings.model_dir)) is not None:
+        return "catalog", catalog.hidden_size(folder)
     if catalog.HUB_ID.match(teacher):
-        return "hub"  # loaded by the worker with from_pretrained; fails there if unreachable
+        return "hub", None  # loaded by the worker with from_pretrained; fails there if unreachable
     raise AppError("teacher_not_found", f"'{teacher}' is neither an uploaded model, a catalog "
                    "name nor a Hugging Face model id", 422, field="teacher")
 
@@ -97,8 +101,8 @@ def create_job(session: Session, *, settings: Settings, tenant_id: str,
         validation = get_dataset(session, tenant_id=tenant_id,
                                  dataset_id=request.validation_dataset,
                                  field="validation_dataset")
-    teacher_source = _teacher_source(session, settings=settings, tenant_id=tenant_id,
-                                     teacher=request.teacher)
+    teacher_source, teacher_width = _teacher_source(session, settings=settings,
+                                                    tenant_id=tenant_id, teacher=request.teacher)
     _check_student_init(session, settings=settings, tenant_id=tenant_id, request=request)
     task = request.task or TASK_FOR_LABELS[train.label_type]
     _check_datasets(task, train, validation)
@@ -106,7 +110,7 @@ def create_job(session: Session, *, settings: Settings, tenant_id: str,
         config = DistillConfig(
             task=task, student=request.student, hyperparameters=request.hyperparameters,
             distillation=request.distillation, export=request.export, seed=request.seed,
-        ).resolved(num_train_examples=train.num_rows)
+        ).resolved(num_train_examples=train.num_rows, teacher_width=teacher_width)
     except ValidationError as exc:
         first = exc.errors()[0]
         raise AppError("invalid_request", first.get("msg", "invalid configuration"), 422,

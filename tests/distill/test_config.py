@@ -7,6 +7,7 @@ from workers.distill.config import (
     Hyperparameters,
     StudentConfig,
     recipe_epochs,
+    teacher_finetune_rate,
 )
 
 
@@ -66,14 +67,38 @@ def test_config_is_frozen_and_round_trips_through_json() -> None:
 
 def test_resolved_fills_every_none_and_keeps_explicit_values() -> None:
     config = DistillConfig(hyperparameters=Hyperparameters(learning_rate=1e-4))
-    resolved = config.resolved(num_train_examples=10_000)
+    resolved = config.resolved(num_train_examples=10_000, teacher_width=768)
     d = resolved.distillation
     for stage in (d.general, d.intermediate, d.prediction, d.teacher_finetune):
         assert None not in (stage.epochs, stage.learning_rate, stage.warmup_ratio, stage.schedule)
     assert resolved.hyperparameters.learning_rate == 1e-4
     assert d.intermediate.learning_rate == 1e-4  # stages inherit the simple knobs
+    assert d.teacher_finetune.learning_rate == 2e-5  # ...but the teacher's rate is its own
     assert d.intermediate.epochs == 20 and d.prediction.epochs == 3  # the paper's, at GLUE size
     assert resolved.hyperparameters.epochs == d.prediction.epochs
+    assert resolved.resolved(num_train_examples=10_000, teacher_width=768) == resolved
+
+
+def test_teacher_rate_follows_the_teachers_width() -> None:
+    assert teacher_finetune_rate(1024) == teacher_finetune_rate(768) == 2e-5  # BERT-base's
+    assert teacher_finetune_rate(128) == teacher_finetune_rate(384) == 1e-4  # measured
+    assert 2e-5 < teacher_finetune_rate(512) < teacher_finetune_rate(448) < 1e-4
+    # 384·√2 is halfway between the two widths in log scale: the rates' geometric mean
+    assert teacher_finetune_rate(543) == pytest.approx((2e-5 * 1e-4) ** 0.5, rel=1e-3)
+
+    def teacher_rate(raw: dict, width: int | None, batch_size: int = 32) -> float | None:
+        config = DistillConfig.model_validate(
+            {**raw, "hyperparameters": {**raw.get("hyperparameters", {}),
+                                        "batch_size": batch_size}})
+        resolved = config.resolved(num_train_examples=1000, teacher_width=width)
+        return resolved.distillation.teacher_finetune.learning_rate
+
+    assert teacher_rate({}, 384) == 1e-4
+    assert teacher_rate({}, 384, batch_size=128) == pytest.approx(2e-4)  # sqrt(batch/32)
+    assert teacher_rate({}, None) is None  # a hub teacher, before a worker has loaded it
+    assert teacher_rate({"hyperparameters": {"learning_rate": 0.5}}, None) is None
+    explicit = {"distillation": {"teacher_finetune": {"learning_rate": 3e-3}}}
+    assert teacher_rate(explicit, None) == teacher_rate(explicit, 384) == 3e-3
 
 
 def test_recipe_scales_epochs_to_the_dataset_size() -> None:

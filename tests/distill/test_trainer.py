@@ -4,6 +4,7 @@ import pytest
 from transformers import AutoModel
 
 from tests.distill.conftest import Recorder, tiny_config
+from workers.distill.config import teacher_finetune_rate
 from workers.distill.errors import DistillError, Stopped
 from workers.distill.records import Example
 from workers.distill.trainer import run
@@ -98,6 +99,11 @@ def test_teacher_without_head_is_fine_tuned_first(
     result = _run(tiny_config(), base_teacher_dir, train_examples, dev_examples, tmp_path, rec)
     stages = [p.stage for p in rec.progress if p.losses]
     assert stages[:3] == ["teacher_finetune"] * 3
+    # no rate was set: the recipe's for this teacher's width (32: a narrow teacher's 1e-4),
+    # scaled to the batch size, peaks after the warm-up
+    rate = teacher_finetune_rate(32) * (tiny_config().hyperparameters.batch_size / 32) ** 0.5
+    started = next(e for e in rec.events if e.type == "stage_started")
+    assert started.data["learning_rate"] == pytest.approx(rate)
     assert (tmp_path / "checkpoints" / "teacher-finetuned" / "model.safetensors").exists()
     assert "accuracy" in result.metrics["teacher"]
 

@@ -168,16 +168,18 @@ class _Run:
                 seed=cfg0.seed,
                 stratify=self.task == "classification",
             )
-        self.config = cfg0.resolved(num_train_examples=len(self.train_examples))
-        cfg = self.config
-        hp = cfg.hyperparameters
-
         train_labels = (
             [str(e.label) for e in self.train_examples] if self.task == "classification" else []
         )
         if self.task == "classification" and not train_labels:
             raise DistillError("dataset_invalid", "classification needs labelled examples")
         self.teacher = load_teacher(self.teacher_source, task=self.task, train_labels=train_labels)
+        self.config = cfg0.resolved(
+            num_train_examples=len(self.train_examples),
+            teacher_width=int(self.teacher.model.config.hidden_size),
+        )
+        cfg = self.config
+        hp = cfg.hyperparameters
         self.labels = self.teacher.labels
         self.label2id = {name: i for i, name in enumerate(self.labels)}
         self.tokenizer = self.teacher.tokenizer

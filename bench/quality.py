@@ -128,6 +128,7 @@ class Settings:
     epochs_scale: float
     intermediate_epochs: int | None
     prediction_epochs: int | None
+    warm_learning_rate: float | None
     teacher_epochs: int | None
     teacher_learning_rate: float | None
     max_seq_length: int
@@ -232,8 +233,11 @@ def variant_config(variant: str, student: str, *, n: int, s: Settings,
         # No teacher term: the engine skips the teacher's forward pass.
         weights = LossWeights(prediction=0.0, hard_label=1.0)
     if variant in ("gd+tinybert", "ws+tinybert"):
-        # Started near the teacher: the paper's task-distillation rates (recipe defaults).
-        intermediate, prediction = StageConfig(epochs=e_int), StageConfig(epochs=e_pred)
+        # Started near the teacher: the paper's task-distillation rates (recipe defaults),
+        # unless --warm-learning-rate sets one for both stages.
+        warm = s.warm_learning_rate
+        intermediate = StageConfig(epochs=e_int, learning_rate=warm)
+        prediction = StageConfig(epochs=e_pred, learning_rate=warm)
     if variant == "gd+tinybert":
         assert init_model is not None
         student_cfg = StudentConfig(preset=student, init="model",  # type: ignore[arg-type]
@@ -371,6 +375,9 @@ def parse_args(argv: list[str] | None) -> tuple[Settings, Path | None]:
                    help="students' intermediate-layer epochs; 0 = recipe x --epochs-scale")
     p.add_argument("--prediction-epochs", type=int, default=DEFAULT_PREDICTION_EPOCHS,
                    help="students' prediction-layer epochs; 0 = recipe x --epochs-scale")
+    p.add_argument("--warm-learning-rate", type=float, default=0.0,
+                   help="rate of both task stages for a student that starts near the teacher "
+                   "(ws+tinybert, gd+tinybert); 0 = the engine recipe's 5e-5 / 3e-5")
     p.add_argument("--teacher-learning-rate", type=float, default=DEFAULT_TEACHER_LEARNING_RATE,
                    help="peak rate of the teacher's fine-tuning; 0 = the engine recipe's "
                    "for the teacher's width")
@@ -407,6 +414,7 @@ def parse_args(argv: list[str] | None) -> tuple[Settings, Path | None]:
         test_limit=a.test_limit or None, epochs_scale=a.epochs_scale,
         intermediate_epochs=a.intermediate_epochs or None,
         prediction_epochs=a.prediction_epochs or None,
+        warm_learning_rate=a.warm_learning_rate or None,
         teacher_epochs=a.teacher_epochs or None,
         teacher_learning_rate=a.teacher_learning_rate or None,
         max_seq_length=a.max_seq_length, batch_size=a.batch_size,

@@ -152,21 +152,24 @@ def test_watch_falls_back_to_polling_without_the_stream(
         proxy: FaultyProxy, api: DistilleryClient, job_id: str, api_key: str) -> None:
     proxy.faults.append(Fault("404", "GET", f"/v1/jobs/{job_id}/events"))
 
-    def cancel_once_polled() -> None:
-        # Cancel only after the CLI has fallen back to polling and seen the job running once;
-        # a fixed delay raced a CLI that started slowly on a loaded machine.
+    def cancel_once_falling_back() -> None:
+        # Cancel only once the stream's 404 has been answered: the CLI asks for the stream
+        # after it has read the job still queued, so every later read of the job is a poll.
+        # (Cancelling on the first read of the job raced that read: the proxy records a
+        # request before it forwards it, so the read could already see the job cancelled.)
         deadline = time.monotonic() + 60
-        while not proxy.requests("GET", f"/v1/jobs/{job_id}") and time.monotonic() < deadline:
+        while time.monotonic() < deadline and not any(
+                seen.status == 404 for seen in proxy.requests("GET", f"/v1/jobs/{job_id}/events")):
             time.sleep(0.01)
         api.cancel_job(job_id)
 
-    canceller = threading.Thread(target=cancel_once_polled)
+    canceller = threading.Thread(target=cancel_once_falling_back)
     canceller.start()
     result = run("--base-url", proxy.url, "jobs", "watch", job_id, "--poll-interval", "0.05",
                  env={"DISTILLERY_API_KEY": api_key}, code=1)
     canceller.join()
     assert "cancelled" in result.stdout
-    assert len(proxy.requests("GET", f"/v1/jobs/{job_id}")) >= 2  # it polled
+    assert len(proxy.requests("GET", f"/v1/jobs/{job_id}")) >= 2  # read once, then polled
 
 
 def test_watch_exits_0_for_a_succeeded_job(made: list[Any], api: DistilleryClient,

@@ -26,12 +26,15 @@ def human(seconds: float) -> str:
 
 
 def cells(r: dict[str, Any]) -> str:
-    lat, up = r["latency_ms"], r["speedup"]
+    # A run killed before its final timing has rows without latency: shown as "n/a".
+    lat, up = r.get("latency_ms"), r.get("speedup")
+    timing = (f"{lat['batch_1']['median']:.1f} | {lat['batch_32']['median']:.1f} | "
+              f"{up['batch_1']:.1f}x / {up['batch_32']:.1f}x" if lat and up
+              else "n/a | n/a | n/a")
     return (f"| {r['model']} | {r['variant']} | {r['accuracy']:.3f} | {r['macro_f1']:.3f} | "
             f"{r['retention']:.1%} / {r['retention_macro_f1']:.1%} | "
             f"{r['parameters'] / 1e6:.2f}M | {r['size_bytes'] / 1e6:.1f} MB | "
-            f"{lat['batch_1']['median']:.1f} | {lat['batch_32']['median']:.1f} | "
-            f"{up['batch_1']:.1f}x / {up['batch_32']:.1f}x | {human(r['train_wall_s'])} |")
+            f"{timing} | {human(r['train_wall_s'])} |")
 
 
 def render(payload: dict[str, Any]) -> str:

@@ -9,6 +9,16 @@ from app.jobs.models import Job, JobCheckpoint, JobEvent, JobMetric, WebhookDeli
 from app.models.models import Model
 
 __all__ = [
-    "ApiKey", "Artifact", "Base", "Dataset", "IdempotencyKey", "Job", "JobCheckpoint", "JobEvent",
-    "JobMetric", "Model", "Tenant", "WebhookDelivery",
+    "ApiKey",
+    "Artifact",
+    "Base",
+    "Dataset",
+    "IdempotencyKey",
+    "Job",
+    "JobCheckpoint",
+    "JobEvent",
+    "JobMetric",
+    "Model",
+    "Tenant",
+    "WebhookDelivery",
 ]

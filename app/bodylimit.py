@@ -59,9 +59,19 @@ class BodyLimit:
 
     @staticmethod
     async def _refuse(send: Send, cap: int) -> None:
-        body = json.dumps(error_body("file_too_large", f"the request body is larger than the "
-                                     f"{cap} byte limit", "file")).encode()
-        await send({"type": "http.response.start", "status": 413,
-                    "headers": [(b"content-type", b"application/json"),
-                                (b"content-length", str(len(body)).encode())]})
+        body = json.dumps(
+            error_body(
+                "file_too_large", f"the request body is larger than the {cap} byte limit", "file"
+            )
+        ).encode()
+        await send(
+            {
+                "type": "http.response.start",
+                "status": 413,
+                "headers": [
+                    (b"content-type", b"application/json"),
+                    (b"content-length", str(len(body)).encode()),
+                ],
+            }
+        )
         await send({"type": "http.response.body", "body": body})

@@ -31,9 +31,12 @@ from rich.table import Table
 
 from app.client import DEFAULT_BASE_URL, DistilleryClient, DistilleryError, Event, Job, Page
 
-app = typer.Typer(name="distillery", no_args_is_help=True,
-                  help="Distillation as a service: upload data and teachers, run and watch "
-                       "jobs, download students.")
+app = typer.Typer(
+    name="distillery",
+    no_args_is_help=True,
+    help="Distillation as a service: upload data and teachers, run and watch "
+    "jobs, download students.",
+)
 datasets_app = typer.Typer(no_args_is_help=True, help="Upload and list training datasets.")
 models_app = typer.Typer(no_args_is_help=True, help="Upload and list teacher models.")
 jobs_app = typer.Typer(no_args_is_help=True, help="Create, follow and collect distillation jobs.")
@@ -56,11 +59,18 @@ client_factory: ClientFactory = default_client
 T = TypeVar("T", bound=BaseModel)
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON for scripts.")]
 LimitOpt = Annotated[int, typer.Option("--limit", min=1, max=100, help="Page size.")]
-AfterOpt = Annotated[str | None, typer.Option("--after", help="next_cursor of the previous "
-                                              "page.", show_default=False)]
+AfterOpt = Annotated[
+    str | None,
+    typer.Option("--after", help="next_cursor of the previous page.", show_default=False),
+]
 AllOpt = Annotated[bool, typer.Option("--all", help="Follow next_cursor through every page.")]
-STATUS_STYLE = {"queued": "yellow", "running": "cyan", "succeeded": "green", "failed": "red",
-                "cancelled": "magenta"}
+STATUS_STYLE = {
+    "queued": "yellow",
+    "running": "cyan",
+    "succeeded": "green",
+    "failed": "red",
+    "cancelled": "magenta",
+}
 
 
 @dataclass(frozen=True)
@@ -70,12 +80,21 @@ class Options:
 
 
 @app.callback()
-def _root(ctx: typer.Context,
-          base_url: Annotated[str, typer.Option("--base-url", envvar="DISTILLERY_URL",
-                                                help="The API's address.")] = DEFAULT_BASE_URL,
-          api_key: Annotated[str | None, typer.Option(
-              "--api-key", envvar="DISTILLERY_API_KEY", show_default=False,
-              help="Sent as 'Authorization: Bearer <key>'.")] = None) -> None:
+def _root(
+    ctx: typer.Context,
+    base_url: Annotated[
+        str, typer.Option("--base-url", envvar="DISTILLERY_URL", help="The API's address.")
+    ] = DEFAULT_BASE_URL,
+    api_key: Annotated[
+        str | None,
+        typer.Option(
+            "--api-key",
+            envvar="DISTILLERY_API_KEY",
+            show_default=False,
+            help="Sent as 'Authorization: Bearer <key>'.",
+        ),
+    ] = None,
+) -> None:
     ctx.obj = Options(base_url=base_url, api_key=api_key)
 
 
@@ -90,25 +109,49 @@ def main() -> None:
 
 # --- datasets ---
 
+
 @datasets_app.command("upload")
-def datasets_upload(ctx: typer.Context, file: Annotated[Path, typer.Argument(
-        exists=True, dir_okay=False, readable=True, help="JSONL or CSV: text, optional "
-        "text_pair, label.")], as_json: JsonOpt = False) -> None:
+def datasets_upload(
+    ctx: typer.Context,
+    file: Annotated[
+        Path,
+        typer.Argument(
+            exists=True,
+            dir_okay=False,
+            readable=True,
+            help="JSONL or CSV: text, optional text_pair, label.",
+        ),
+    ],
+    as_json: JsonOpt = False,
+) -> None:
     """Upload and validate a dataset; a bad row is reported with its line and field."""
     with _connect(ctx, as_json) as client:
         dataset = client.upload_dataset(file)
     if as_json:
         return _print_json(dataset)
-    _print_fields({"id": dataset.id, "filename": dataset.filename, "format": dataset.format,
-                   "rows": dataset.num_rows, "labels": _labels(dataset.label_type,
-                                                               dataset.labels),
-                   "text pairs": dataset.has_text_pair, "size": decimal(dataset.size_bytes),
-                   "sha256": dataset.sha256, "created": _when(dataset.created_at)})
+    _print_fields(
+        {
+            "id": dataset.id,
+            "filename": dataset.filename,
+            "format": dataset.format,
+            "rows": dataset.num_rows,
+            "labels": _labels(dataset.label_type, dataset.labels),
+            "text pairs": dataset.has_text_pair,
+            "size": decimal(dataset.size_bytes),
+            "sha256": dataset.sha256,
+            "created": _when(dataset.created_at),
+        }
+    )
 
 
 @datasets_app.command("list")
-def datasets_list(ctx: typer.Context, limit: LimitOpt = 20, after: AfterOpt = None,
-                  all_pages: AllOpt = False, as_json: JsonOpt = False) -> None:
+def datasets_list(
+    ctx: typer.Context,
+    limit: LimitOpt = 20,
+    after: AfterOpt = None,
+    all_pages: AllOpt = False,
+    as_json: JsonOpt = False,
+) -> None:
     """Datasets, newest first."""
     with _connect(ctx, as_json) as client:
         page = _collect(client.list_datasets(limit=limit, after=after), all_pages)
@@ -116,32 +159,59 @@ def datasets_list(ctx: typer.Context, limit: LimitOpt = 20, after: AfterOpt = No
         return _print_json(page)
     table = _table("id", "filename", "rows", "labels", "size", "created")
     for d in page.data:
-        table.add_row(d.id, d.filename, str(d.num_rows), _labels(d.label_type, d.labels),
-                      decimal(d.size_bytes), _when(d.created_at))
+        table.add_row(
+            d.id,
+            d.filename,
+            str(d.num_rows),
+            _labels(d.label_type, d.labels),
+            decimal(d.size_bytes),
+            _when(d.created_at),
+        )
     _print_page(table, page)
 
 
 # --- models ---
 
+
 @models_app.command("upload")
-def models_upload(ctx: typer.Context, path: Annotated[Path, typer.Argument(
-        exists=True, readable=True, help="A save_pretrained folder, or a .zip/.tar.gz of "
-        "one.")], as_json: JsonOpt = False) -> None:
+def models_upload(
+    ctx: typer.Context,
+    path: Annotated[
+        Path,
+        typer.Argument(
+            exists=True, readable=True, help="A save_pretrained folder, or a .zip/.tar.gz of one."
+        ),
+    ],
+    as_json: JsonOpt = False,
+) -> None:
     """Upload a teacher (safetensors weights, BERT model_type); a folder is zipped first."""
     with _connect(ctx, as_json) as client:
         model = client.upload_model(path)
     if as_json:
         return _print_json(model)
-    _print_fields({"id": model.id, "filename": model.filename, "model type": model.model_type,
-                   "parameters": f"{model.num_parameters:,}", "layers": model.num_layers,
-                   "hidden size": model.hidden_size, "task head": model.has_task_head,
-                   "labels": ", ".join(model.labels) or "-",
-                   "created": _when(model.created_at)})
+    _print_fields(
+        {
+            "id": model.id,
+            "filename": model.filename,
+            "model type": model.model_type,
+            "parameters": f"{model.num_parameters:,}",
+            "layers": model.num_layers,
+            "hidden size": model.hidden_size,
+            "task head": model.has_task_head,
+            "labels": ", ".join(model.labels) or "-",
+            "created": _when(model.created_at),
+        }
+    )
 
 
 @models_app.command("list")
-def models_list(ctx: typer.Context, limit: LimitOpt = 20, after: AfterOpt = None,
-                all_pages: AllOpt = False, as_json: JsonOpt = False) -> None:
+def models_list(
+    ctx: typer.Context,
+    limit: LimitOpt = 20,
+    after: AfterOpt = None,
+    all_pages: AllOpt = False,
+    as_json: JsonOpt = False,
+) -> None:
     """Uploaded teachers, newest first, after the ready-made catalog."""
     with _connect(ctx, as_json) as client:
         page = _collect(client.list_models(limit=limit, after=after), all_pages)
@@ -149,25 +219,39 @@ def models_list(ctx: typer.Context, limit: LimitOpt = 20, after: AfterOpt = None
         return _print_json(page)
     table = _table("id", "source", "layers", "hidden", "parameters", "head", "created")
     for m in page.data:
-        table.add_row(m.id, m.source, str(m.num_layers), str(m.hidden_size),
-                      f"{m.num_parameters:,}", "yes" if m.has_task_head else "no",
-                      _when(m.created_at))
+        table.add_row(
+            m.id,
+            m.source,
+            str(m.num_layers),
+            str(m.hidden_size),
+            f"{m.num_parameters:,}",
+            "yes" if m.has_task_head else "no",
+            _when(m.created_at),
+        )
     _print_page(table, page)
 
 
 # --- jobs ---
 
+
 @jobs_app.command("create")
 def jobs_create(
     ctx: typer.Context,
-    teacher: Annotated[str | None, typer.Option(help="mdl_… id, catalog name or Hugging Face "
-                                                "hub id.", show_default=False)] = None,
-    dataset: Annotated[str | None, typer.Option(help="Training dataset id.",
-                                                show_default=False)] = None,
+    teacher: Annotated[
+        str | None,
+        typer.Option(help="mdl_… id, catalog name or Hugging Face hub id.", show_default=False),
+    ] = None,
+    dataset: Annotated[
+        str | None, typer.Option(help="Training dataset id.", show_default=False)
+    ] = None,
     validation_dataset: Annotated[str | None, typer.Option(show_default=False)] = None,
-    student_preset: Annotated[str | None, typer.Option(
-        help="e.g. tinybert-4l-312d, tinybert-6l-768d, minilm-3l-384d, bert-2l-128d.",
-        show_default=False)] = None,
+    student_preset: Annotated[
+        str | None,
+        typer.Option(
+            help="e.g. tinybert-4l-312d, tinybert-6l-768d, minilm-3l-384d, bert-2l-128d.",
+            show_default=False,
+        ),
+    ] = None,
     epochs: Annotated[int | None, typer.Option(show_default=False)] = None,
     batch_size: Annotated[int | None, typer.Option(show_default=False)] = None,
     max_seq_length: Annotated[int | None, typer.Option(show_default=False)] = None,
@@ -175,18 +259,35 @@ def jobs_create(
     temperature: Annotated[float | None, typer.Option(show_default=False)] = None,
     seed: Annotated[int | None, typer.Option(show_default=False)] = None,
     webhook_url: Annotated[str | None, typer.Option(show_default=False)] = None,
-    config: Annotated[Path | None, typer.Option(
-        exists=True, dir_okay=False, readable=True, show_default=False,
-        help="A JSON file with the full request body; the options above override it.")] = None,
+    config: Annotated[
+        Path | None,
+        typer.Option(
+            exists=True,
+            dir_okay=False,
+            readable=True,
+            show_default=False,
+            help="A JSON file with the full request body; the options above override it.",
+        ),
+    ] = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Create a distillation job; the server fills every default and validates the rest."""
-    body = _job_body(config, teacher=teacher, dataset=dataset,
-                     validation_dataset=validation_dataset, student_preset=student_preset,
-                     seed=seed, webhook_url=webhook_url, hyperparameters={
-                         "epochs": epochs, "batch_size": batch_size,
-                         "max_seq_length": max_seq_length, "learning_rate": learning_rate,
-                         "temperature": temperature})
+    body = _job_body(
+        config,
+        teacher=teacher,
+        dataset=dataset,
+        validation_dataset=validation_dataset,
+        student_preset=student_preset,
+        seed=seed,
+        webhook_url=webhook_url,
+        hyperparameters={
+            "epochs": epochs,
+            "batch_size": batch_size,
+            "max_seq_length": max_seq_length,
+            "learning_rate": learning_rate,
+            "temperature": temperature,
+        },
+    )
     with _connect(ctx, as_json) as client:
         job = client.create_job(**body)
     if as_json:
@@ -197,12 +298,17 @@ def jobs_create(
 
 
 @jobs_app.command("list")
-def jobs_list(ctx: typer.Context,
-              status: Annotated[str | None, typer.Option(
-                  help="queued, running, succeeded, failed or cancelled.",
-                  show_default=False)] = None,
-              limit: LimitOpt = 20, after: AfterOpt = None, all_pages: AllOpt = False,
-              as_json: JsonOpt = False) -> None:
+def jobs_list(
+    ctx: typer.Context,
+    status: Annotated[
+        str | None,
+        typer.Option(help="queued, running, succeeded, failed or cancelled.", show_default=False),
+    ] = None,
+    limit: LimitOpt = 20,
+    after: AfterOpt = None,
+    all_pages: AllOpt = False,
+    as_json: JsonOpt = False,
+) -> None:
     """Jobs, newest first."""
     with _connect(ctx, as_json) as client:
         page = _collect(client.list_jobs(limit=limit, after=after, status=status), all_pages)
@@ -210,14 +316,24 @@ def jobs_list(ctx: typer.Context,
         return _print_json(page)
     table = _table("id", "status", "stage", "progress", "teacher", "dataset", "created")
     for j in page.data:
-        table.add_row(j.id, _status(j.status), j.stage or "-", f"{j.progress.fraction:.0%}",
-                      j.teacher, j.dataset, _when(j.created_at))
+        table.add_row(
+            j.id,
+            _status(j.status),
+            j.stage or "-",
+            f"{j.progress.fraction:.0%}",
+            j.teacher,
+            j.dataset,
+            _when(j.created_at),
+        )
     _print_page(table, page)
 
 
 @jobs_app.command("get")
-def jobs_get(ctx: typer.Context, job_id: Annotated[str, typer.Argument(metavar="ID")],
-             as_json: JsonOpt = False) -> None:
+def jobs_get(
+    ctx: typer.Context,
+    job_id: Annotated[str, typer.Argument(metavar="ID")],
+    as_json: JsonOpt = False,
+) -> None:
     """One job: status, stage, progress, resolved config, metrics or error."""
     with _connect(ctx, as_json) as client:
         job = client.get_job(job_id)
@@ -227,8 +343,11 @@ def jobs_get(ctx: typer.Context, job_id: Annotated[str, typer.Argument(metavar="
 
 
 @jobs_app.command("cancel")
-def jobs_cancel(ctx: typer.Context, job_id: Annotated[str, typer.Argument(metavar="ID")],
-                as_json: JsonOpt = False) -> None:
+def jobs_cancel(
+    ctx: typer.Context,
+    job_id: Annotated[str, typer.Argument(metavar="ID")],
+    as_json: JsonOpt = False,
+) -> None:
     """Cancel a job: a queued one at once, a running one at its next step."""
     with _connect(ctx, as_json) as client:
         job = client.cancel_job(job_id)
@@ -238,17 +357,22 @@ def jobs_cancel(ctx: typer.Context, job_id: Annotated[str, typer.Argument(metava
 
 
 @jobs_app.command("watch")
-def jobs_watch(ctx: typer.Context, job_id: Annotated[str, typer.Argument(metavar="ID")],
-               poll_interval: Annotated[float, typer.Option(
-                   min=0.05, help="Seconds between polls when the event stream is "
-                   "unavailable.")] = 2.0,
-               as_json: JsonOpt = False) -> None:
+def jobs_watch(
+    ctx: typer.Context,
+    job_id: Annotated[str, typer.Argument(metavar="ID")],
+    poll_interval: Annotated[
+        float,
+        typer.Option(min=0.05, help="Seconds between polls when the event stream is unavailable."),
+    ] = 2.0,
+    as_json: JsonOpt = False,
+) -> None:
     """Follow a job live until it ends; exit 0 if it succeeded, 1 if it failed or was
     cancelled. --json prints one JSON object a line: events, then the final job."""
     with _connect(ctx, as_json) as client:
         if as_json:
-            job = _watch(client, job_id, poll_interval, on_event=_print_json_line,
-                         on_job=lambda _: None)
+            job = _watch(
+                client, job_id, poll_interval, on_event=_print_json_line, on_job=lambda _: None
+            )
             _print_json_line(job)
         else:
             job = _watch_with_progress(client, job_id, poll_interval)
@@ -257,39 +381,70 @@ def jobs_watch(ctx: typer.Context, job_id: Annotated[str, typer.Argument(metavar
 
 
 @jobs_app.command("download")
-def jobs_download(ctx: typer.Context, job_id: Annotated[str, typer.Argument(metavar="ID")],
-                  artifact: Annotated[str, typer.Option(
-                      help="student.zip, model.onnx, model.int8.onnx or metrics.json.")
-                  ] = "student.zip",
-                  output: Annotated[Path | None, typer.Option(
-                      "--output", "-o", show_default=False,
-                      help="File or folder to write to [default: ./ARTIFACT].")] = None,
-                  as_json: JsonOpt = False) -> None:
+def jobs_download(
+    ctx: typer.Context,
+    job_id: Annotated[str, typer.Argument(metavar="ID")],
+    artifact: Annotated[
+        str, typer.Option(help="student.zip, model.onnx, model.int8.onnx or metrics.json.")
+    ] = "student.zip",
+    output: Annotated[
+        Path | None,
+        typer.Option(
+            "--output",
+            "-o",
+            show_default=False,
+            help="File or folder to write to [default: ./ARTIFACT].",
+        ),
+    ] = None,
+    as_json: JsonOpt = False,
+) -> None:
     """Download an artifact, resuming a broken download and checking its sha256."""
     dest = output if output is not None else Path(artifact)
     with _connect(ctx, as_json) as client:
         if as_json:
             path = client.download_artifact(job_id, artifact, dest)
         else:
-            with Progress(TextColumn("{task.description}"), BarColumn(), DownloadColumn(),
-                          TransferSpeedColumn(), console=_console()) as bar:
+            with Progress(
+                TextColumn("{task.description}"),
+                BarColumn(),
+                DownloadColumn(),
+                TransferSpeedColumn(),
+                console=_console(),
+            ) as bar:
                 task = bar.add_task(artifact, total=None)
                 path = client.download_artifact(
-                    job_id, artifact, dest,
-                    on_progress=lambda done, total: bar.update(task, completed=done,
-                                                               total=total))
+                    job_id,
+                    artifact,
+                    dest,
+                    on_progress=lambda done, total: bar.update(task, completed=done, total=total),
+                )
     if as_json:
-        typer.echo(json.dumps({"job": job_id, "artifact": artifact, "path": str(path),
-                               "size_bytes": path.stat().st_size}))
+        typer.echo(
+            json.dumps(
+                {
+                    "job": job_id,
+                    "artifact": artifact,
+                    "path": str(path),
+                    "size_bytes": path.stat().st_size,
+                }
+            )
+        )
     else:
         _console().print(f"{artifact} -> [bold]{path}[/] (sha256 verified)")
 
 
 # --- following a job ---
 
-def _watch(client: DistilleryClient, job_id: str, poll_interval: float, *,
-           on_event: Callable[[Event], None], on_job: Callable[[Job], None],
-           job: Job | None = None) -> Job:
+
+def _watch(
+    client: DistilleryClient,
+    job_id: str,
+    poll_interval: float,
+    *,
+    on_event: Callable[[Event], None],
+    on_job: Callable[[Job], None],
+    job: Job | None = None,
+) -> Job:
     """Events from the SSE stream while it works, then polling; returns the ended job."""
     job = job or client.get_job(job_id)
     on_job(job)
@@ -309,9 +464,16 @@ def _watch_with_progress(client: DistilleryClient, job_id: str, poll_interval: f
     job = client.get_job(job_id)
     if job.ended:
         return job
-    with Progress(SpinnerColumn(), TextColumn("[bold]{task.fields[stage]}"), BarColumn(),
-                  MofNCompleteColumn(), TaskProgressColumn(), TextColumn("{task.fields[loss]}"),
-                  TimeElapsedColumn(), console=_console()) as bar:
+    with Progress(
+        SpinnerColumn(),
+        TextColumn("[bold]{task.fields[stage]}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TaskProgressColumn(),
+        TextColumn("{task.fields[loss]}"),
+        TimeElapsedColumn(),
+        console=_console(),
+    ) as bar:
         task = bar.add_task(job_id, total=None, stage="queued", loss="")
         state = _BarState(bar, task)
 
@@ -320,8 +482,7 @@ def _watch_with_progress(client: DistilleryClient, job_id: str, poll_interval: f
             if event.type in ("stage_started", "job_started") or state.total is None:
                 state.job(client.get_job(job_id))
 
-        return _watch(client, job_id, poll_interval, on_event=on_event, on_job=state.job,
-                      job=job)
+        return _watch(client, job_id, poll_interval, on_event=on_event, on_job=state.job, job=job)
 
 
 @dataclass
@@ -333,8 +494,9 @@ class _BarState:
     def job(self, job: Job) -> None:
         if job.progress.total_steps:
             self.total = job.progress.total_steps
-        self.bar.update(self.task, stage=job.stage or job.status, total=self.total,
-                        completed=job.progress.step)
+        self.bar.update(
+            self.task, stage=job.stage or job.status, total=self.total, completed=job.progress.step
+        )
 
     def event(self, event: Event) -> None:
         data = event.data
@@ -345,12 +507,12 @@ class _BarState:
         losses = data.get("losses")  # on loss and stage_finished events
         if isinstance(losses, dict) and isinstance(losses.get("total"), int | float):
             self.bar.update(self.task, loss=f"loss {float(losses['total']):.4f}")
-        if event.type in ("evaluation", "stage_finished") or event.level in ("warning",
-                                                                             "error"):
+        if event.type in ("evaluation", "stage_finished") or event.level in ("warning", "error"):
             self.bar.console.print(f"[dim]{_when(event.created_at)}[/] {event.message}")
 
 
 # --- plumbing ---
+
 
 @contextmanager
 def _connect(ctx: typer.Context, as_json: bool) -> Iterator[DistilleryClient]:
@@ -364,15 +526,24 @@ def _connect(ctx: typer.Context, as_json: bool) -> Iterator[DistilleryClient]:
         if as_json:
             typer.echo(json.dumps(exc.to_dict()), err=True)
         else:
-            where = "".join(f" ({name} {value})" for name, value in
-                            (("field", exc.field), ("line", exc.line)) if value is not None)
-            _console(stderr=True).print(f"[red]error[/] [bold]{exc.code}[/]: "
-                                        f"{exc.message}{where}", highlight=False)
+            where = "".join(
+                f" ({name} {value})"
+                for name, value in (("field", exc.field), ("line", exc.line))
+                if value is not None
+            )
+            _console(stderr=True).print(
+                f"[red]error[/] [bold]{exc.code}[/]: {exc.message}{where}", highlight=False
+            )
         raise typer.Exit(1) from None
 
 
-def _job_body(config: Path | None, *, hyperparameters: dict[str, Any],
-              student_preset: str | None, **fields: Any) -> dict[str, Any]:
+def _job_body(
+    config: Path | None,
+    *,
+    hyperparameters: dict[str, Any],
+    student_preset: str | None,
+    **fields: Any,
+) -> dict[str, Any]:
     body: dict[str, Any] = {}
     if config is not None:
         try:
@@ -380,8 +551,7 @@ def _job_body(config: Path | None, *, hyperparameters: dict[str, Any],
         except (ValueError, UnicodeDecodeError) as exc:
             raise typer.BadParameter(f"{config} is not JSON: {exc}", param_hint="--config") from exc
         if not isinstance(body, dict):
-            raise typer.BadParameter(f"{config} must hold a JSON object",
-                                     param_hint="--config")
+            raise typer.BadParameter(f"{config} must hold a JSON object", param_hint="--config")
     body.update({k: v for k, v in fields.items() if v is not None})
     if hyper := {k: v for k, v in hyperparameters.items() if v is not None}:
         body["hyperparameters"] = {**(body.get("hyperparameters") or {}), **hyper}
@@ -389,8 +559,9 @@ def _job_body(config: Path | None, *, hyperparameters: dict[str, Any],
         body["student"] = {**(body.get("student") or {}), "preset": student_preset}
     for name in ("teacher", "dataset"):
         if not body.get(name):
-            raise typer.BadParameter(f"required here or as '{name}' in --config",
-                                     param_hint=f"--{name}")
+            raise typer.BadParameter(
+                f"required here or as '{name}' in --config", param_hint=f"--{name}"
+            )
     return body
 
 
@@ -442,12 +613,17 @@ def _print_fields(fields: dict[str, Any]) -> None:
 def _print_job(job: Job) -> None:
     p = job.progress
     fields: dict[str, Any] = {
-        "id": job.id, "status": _status(job.status), "stage": job.stage or "-",
+        "id": job.id,
+        "status": _status(job.status),
+        "stage": job.stage or "-",
         "progress": f"{p.step}/{p.total_steps} ({p.fraction:.0%})" if p.total_steps else "-",
-        "teacher": job.teacher, "dataset": job.dataset,
-        "validation": job.validation_dataset or "-", "task": job.task,
+        "teacher": job.teacher,
+        "dataset": job.dataset,
+        "validation": job.validation_dataset or "-",
+        "task": job.task,
         "student": job.student.get("preset") or "custom",
-        "created": _when(job.created_at), "started": _when(job.started_at),
+        "created": _when(job.created_at),
+        "started": _when(job.started_at),
         "finished": _when(job.finished_at),
     }
     if job.error is not None:

@@ -50,10 +50,17 @@ class DistilleryError(Exception):
     """An API error from {"error": {code, message, field?, line?}}; status is None when no HTTP
     answer came back (connection failures, checksum mismatches)."""
 
-    def __init__(self, status: int | None, code: str, message: str, field: str | None = None,
-                 line: int | None = None, *, retry_after: float | None = None) -> None:
-        super().__init__(f"{code}: {message}" if status is None
-                         else f"{status} {code}: {message}")
+    def __init__(
+        self,
+        status: int | None,
+        code: str,
+        message: str,
+        field: str | None = None,
+        line: int | None = None,
+        *,
+        retry_after: float | None = None,
+    ) -> None:
+        super().__init__(f"{code}: {message}" if status is None else f"{status} {code}: {message}")
         self.status = status
         self.code = code
         self.message = message
@@ -67,8 +74,14 @@ class DistilleryError(Exception):
         retry_after = _parse_retry_after(response.headers.get("retry-after"))
         try:
             error = response.json()["error"]
-            return cls(status, str(error["code"]), str(error["message"]), error.get("field"),
-                       error.get("line"), retry_after=retry_after)
+            return cls(
+                status,
+                str(error["code"]),
+                str(error["message"]),
+                error.get("field"),
+                error.get("line"),
+                retry_after=retry_after,
+            )
         except (ValueError, KeyError, TypeError):
             # A proxy or load balancer answered, not the API.
             text = response.text.strip()[:200] or response.reason_phrase
@@ -93,6 +106,7 @@ def _parse_retry_after(value: str | None) -> float | None:
 
 
 # --- response objects: unknown fields are kept, so an older client survives a newer server ---
+
 
 class _Resource(BaseModel):
     model_config = ConfigDict(extra="allow", frozen=True)
@@ -213,8 +227,11 @@ def _parse(model: type[T], data: Any, status: int | None = None) -> T:
     try:
         return model.model_validate(data)
     except ValidationError as exc:
-        raise DistilleryError(status, "unexpected_response", f"the server's answer is not a "
-                              f"{model.__name__}: {exc.errors()[0].get('msg')}") from exc
+        raise DistilleryError(
+            status,
+            "unexpected_response",
+            f"the server's answer is not a {model.__name__}: {exc.errors()[0].get('msg')}",
+        ) from exc
 
 
 def partial_path(dest: Path) -> Path:
@@ -272,9 +289,17 @@ class DistilleryClient:
     """Typed access to /v1. Retries connection errors, 429, 502, 503 and 504 with exponential
     backoff and jitter (honouring Retry-After); any other 4xx raises DistilleryError at once."""
 
-    def __init__(self, base_url: str = DEFAULT_BASE_URL, api_key: str | None = None, *,
-                 timeout: float = 30.0, max_retries: int = 4, backoff: float = 0.5,
-                 max_backoff: float = 8.0, http: httpx.Client | None = None) -> None:
+    def __init__(
+        self,
+        base_url: str = DEFAULT_BASE_URL,
+        api_key: str | None = None,
+        *,
+        timeout: float = 30.0,
+        max_retries: int = 4,
+        backoff: float = 0.5,
+        max_backoff: float = 8.0,
+        http: httpx.Client | None = None,
+    ) -> None:
         self.base_url = base_url.rstrip("/")
         self.max_retries = max_retries
         self.backoff = backoff
@@ -283,8 +308,13 @@ class DistilleryClient:
         if api_key:
             self._headers["Authorization"] = f"Bearer {api_key}"
         self._owns_http = http is None
-        self.http = http if http is not None else httpx.Client(
-            base_url=self.base_url, timeout=httpx.Timeout(timeout, connect=min(timeout, 10.0)))
+        self.http = (
+            http
+            if http is not None
+            else httpx.Client(
+                base_url=self.base_url, timeout=httpx.Timeout(timeout, connect=min(timeout, 10.0))
+            )
+        )
 
     def close(self) -> None:
         if self._owns_http:
@@ -293,27 +323,37 @@ class DistilleryClient:
     def __enter__(self) -> DistilleryClient:
         return self
 
-    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
-                 tb: TracebackType | None) -> None:
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
         self.close()
 
     # --- datasets and models ---
 
-    def upload_dataset(self, path: str | os.PathLike[str], *,
-                       idempotency_key: str | None = None) -> Dataset:
+    def upload_dataset(
+        self, path: str | os.PathLike[str], *, idempotency_key: str | None = None
+    ) -> Dataset:
         """Upload a JSONL or CSV file; a bad row raises DistilleryError with line and field."""
         return self._upload("/v1/datasets", Path(path), Dataset, idempotency_key)
 
     def get_dataset(self, dataset_id: str) -> Dataset:
         return _parse(Dataset, self._json("GET", f"/v1/datasets/{_q(dataset_id)}"))
 
-    def list_datasets(self, *, limit: int = 20, after: str | None = None,
-                      ) -> Iterator[Page[Dataset]]:
+    def list_datasets(
+        self,
+        *,
+        limit: int = 20,
+        after: str | None = None,
+    ) -> Iterator[Page[Dataset]]:
         """Pages, newest first, fetched lazily as the iteration follows next_cursor."""
         return self._pages("/v1/datasets", Page[Dataset], {"limit": limit}, after)
 
-    def upload_model(self, path: str | os.PathLike[str], *,
-                     idempotency_key: str | None = None) -> Model:
+    def upload_model(
+        self, path: str | os.PathLike[str], *, idempotency_key: str | None = None
+    ) -> Model:
         """Upload a teacher: a save_pretrained folder (zipped here first) or a .zip/.tar.gz."""
         source = Path(path)
         if not source.is_dir():
@@ -336,31 +376,41 @@ class DistilleryClient:
         """POST /v1/jobs with teacher, dataset and any other body fields; None values are
         left out, so the server fills its defaults."""
         body = {name: value for name, value in fields.items() if value is not None}
-        return _parse(Job, self._json("POST", "/v1/jobs", json=body,
-                                      idempotency_key=idempotency_key))
+        return _parse(
+            Job, self._json("POST", "/v1/jobs", json=body, idempotency_key=idempotency_key)
+        )
 
     def get_job(self, job_id: str) -> Job:
         return _parse(Job, self._json("GET", f"/v1/jobs/{_q(job_id)}"))
 
-    def list_jobs(self, *, limit: int = 20, after: str | None = None, status: str | None = None,
-                  created_after: datetime | str | None = None) -> Iterator[Page[Job]]:
+    def list_jobs(
+        self,
+        *,
+        limit: int = 20,
+        after: str | None = None,
+        status: str | None = None,
+        created_after: datetime | str | None = None,
+    ) -> Iterator[Page[Job]]:
         params: dict[str, Any] = {"limit": limit}
         if status is not None:
             params["status"] = status
         if created_after is not None:
-            params["created_after"] = (created_after.isoformat()
-                                       if isinstance(created_after, datetime) else created_after)
+            params["created_after"] = (
+                created_after.isoformat() if isinstance(created_after, datetime) else created_after
+            )
         return self._pages("/v1/jobs", Page[Job], params, after)
 
     def cancel_job(self, job_id: str) -> Job:
         """Queued jobs end at once, running ones at their next step; 409 once a job ended."""
         return _parse(Job, self._json("POST", f"/v1/jobs/{_q(job_id)}/cancel"))
 
-    def events(self, job_id: str, *, after: int | None = None,
-               limit: int | None = None) -> Page[Event]:
+    def events(
+        self, job_id: str, *, after: int | None = None, limit: int | None = None
+    ) -> Page[Event]:
         params = {k: v for k, v in {"after": after, "limit": limit}.items() if v is not None}
-        return _parse(Page[Event], self._json("GET", f"/v1/jobs/{_q(job_id)}/events",
-                                              params=params))
+        return _parse(
+            Page[Event], self._json("GET", f"/v1/jobs/{_q(job_id)}/events", params=params)
+        )
 
     def metrics(self, job_id: str) -> Metrics:
         return _parse(Metrics, self._json("GET", f"/v1/jobs/{_q(job_id)}/metrics"))
@@ -382,8 +432,12 @@ class DistilleryClient:
             cause: Exception | None = None
             received = 0
             try:
-                with self._stream("GET", f"/v1/jobs/{_q(job_id)}/events",
-                                  params={"stream": "true"}, headers=headers) as response:
+                with self._stream(
+                    "GET",
+                    f"/v1/jobs/{_q(job_id)}/events",
+                    params={"stream": "true"},
+                    headers=headers,
+                ) as response:
                     for _, sse_type, data in parse_sse(response.iter_lines()):
                         event = self._sse_event(sse_type, data)
                         if event is None:
@@ -406,14 +460,27 @@ class DistilleryClient:
             if cause is not None:
                 failures += 1
                 if failures > self.max_retries:
-                    raise DistilleryError(None, "stream_lost", f"the event stream of {job_id} "
-                                          f"dropped {failures} times in a row: {cause}") from cause
-            log.info("event stream of %s closed (%s); reconnecting after event %s",
-                     job_id, cause or "clean close", last)
+                    raise DistilleryError(
+                        None,
+                        "stream_lost",
+                        f"the event stream of {job_id} dropped {failures} times in a row: {cause}",
+                    ) from cause
+            log.info(
+                "event stream of %s closed (%s); reconnecting after event %s",
+                job_id,
+                cause or "clean close",
+                last,
+            )
             time.sleep(self._backoff_delay(failures) if cause is not None else self.backoff)
 
-    def wait(self, job_id: str, *, on_update: Callable[[Job], None] | None = None,
-             poll_interval: float = 2.0, timeout: float | None = None) -> Job:
+    def wait(
+        self,
+        job_id: str,
+        *,
+        on_update: Callable[[Job], None] | None = None,
+        poll_interval: float = 2.0,
+        timeout: float | None = None,
+    ) -> Job:
         """Poll until the job ends and return it; on_update sees every change of the job."""
         deadline = None if timeout is None else time.monotonic() + timeout
         seen: Job | None = None
@@ -428,34 +495,52 @@ class DistilleryClient:
                 raise TimeoutError(f"job {job_id} is still {job.status} after {timeout}s")
             time.sleep(poll_interval)
 
-    def download_artifact(self, job_id: str, name: str, dest: str | os.PathLike[str], *,
-                          on_progress: Callable[[int, int], None] | None = None) -> Path:
+    def download_artifact(
+        self,
+        job_id: str,
+        name: str,
+        dest: str | os.PathLike[str],
+        *,
+        on_progress: Callable[[int, int], None] | None = None,
+    ) -> Path:
         """Stream an artifact to dest (a file, or a folder to put `name` in) and check its
         sha256. Bytes land in `<dest>.part` first; a broken download, in this call or an
         earlier one, resumes from them with an HTTP Range request."""
         artifact = next((a for a in self.list_artifacts(job_id) if a.name == name), None)
         if artifact is None:
-            raise DistilleryError(404, "artifact_not_found", f"job '{job_id}' has no artifact "
-                                  f"'{name}'")
+            raise DistilleryError(
+                404, "artifact_not_found", f"job '{job_id}' has no artifact '{name}'"
+            )
         target = Path(dest)
         if target.is_dir():
             target = target / name
-        if (target.is_file() and target.stat().st_size == artifact.size_bytes
-                and sha256_file(target) == artifact.sha256):
+        if (
+            target.is_file()
+            and target.stat().st_size == artifact.size_bytes
+            and sha256_file(target) == artifact.sha256
+        ):
             return target
         part = partial_path(target)
         self._with_retries(lambda: self._fetch_into(job_id, artifact, part, on_progress))
         if sha256_file(part) != artifact.sha256:
             part.unlink()
-            raise DistilleryError(None, "checksum_mismatch", f"{name} does not match its "
-                                  f"sha256 {artifact.sha256}; the partial file was removed")
+            raise DistilleryError(
+                None,
+                "checksum_mismatch",
+                f"{name} does not match its sha256 {artifact.sha256}; the partial file was removed",
+            )
         os.replace(part, target)
         return target
 
     # --- plumbing ---
 
-    def _fetch_into(self, job_id: str, artifact: Artifact, part: Path,
-                    on_progress: Callable[[int, int], None] | None) -> None:
+    def _fetch_into(
+        self,
+        job_id: str,
+        artifact: Artifact,
+        part: Path,
+        on_progress: Callable[[int, int], None] | None,
+    ) -> None:
         have = part.stat().st_size if part.is_file() else 0
         if have > artifact.size_bytes:
             have = 0  # not a prefix of this artifact: start over
@@ -465,15 +550,18 @@ class DistilleryClient:
         if have:
             # If-Range: a replaced artifact (another attempt of the job) comes back whole.
             headers.update({"Range": f"bytes={have}-", "If-Range": f'"{artifact.sha256}"'})
-        with self._stream("GET", f"/v1/jobs/{_q(job_id)}/artifacts/{_q(artifact.name)}",
-                          headers=headers) as response:
+        with self._stream(
+            "GET", f"/v1/jobs/{_q(job_id)}/artifacts/{_q(artifact.name)}", headers=headers
+        ) as response:
             if response.status_code == 200:
                 have = 0
             elif _range_start(response) != have:
                 part.unlink(missing_ok=True)
-                raise DistilleryError(response.status_code, "unexpected_response",
-                                      f"asked for bytes from {have}, got "
-                                      f"{response.headers.get('content-range')!r}")
+                raise DistilleryError(
+                    response.status_code,
+                    "unexpected_response",
+                    f"asked for bytes from {have}, got {response.headers.get('content-range')!r}",
+                )
             with part.open("r+b" if have else "wb") as out:
                 out.seek(have)
                 out.truncate()
@@ -490,15 +578,16 @@ class DistilleryClient:
             log.debug("skipping SSE message %r that is not an event", sse_type)
             return None
 
-    def _upload(self, path: str, source: Path, model: type[T],
-                idempotency_key: str | None) -> T:
+    def _upload(self, path: str, source: Path, model: type[T], idempotency_key: str | None) -> T:
         if not source.is_file():
             raise DistilleryError(None, "file_not_found", f"no file at {source}")
-        return _parse(model, self._json("POST", path, upload=source,
-                                        idempotency_key=idempotency_key))
+        return _parse(
+            model, self._json("POST", path, upload=source, idempotency_key=idempotency_key)
+        )
 
-    def _pages(self, path: str, page_type: type[Page[T]], params: dict[str, Any],
-               after: str | None) -> Iterator[Page[T]]:
+    def _pages(
+        self, path: str, page_type: type[Page[T]], params: dict[str, Any], after: str | None
+    ) -> Iterator[Page[T]]:
         while True:
             query = dict(params) if after is None else {**params, "after": after}
             page = _parse(page_type, self._json("GET", path, params=query))
@@ -507,9 +596,16 @@ class DistilleryClient:
                 return
             after = page.next_cursor
 
-    def _json(self, method: str, path: str, *, params: dict[str, Any] | None = None,
-              json: Any = None, upload: Path | None = None,
-              idempotency_key: str | None = None) -> Any:
+    def _json(
+        self,
+        method: str,
+        path: str,
+        *,
+        params: dict[str, Any] | None = None,
+        json: Any = None,
+        upload: Path | None = None,
+        idempotency_key: str | None = None,
+    ) -> Any:
         """One logical call: a single Idempotency-Key for a POST across all its attempts."""
         headers = dict(self._headers)
         if method == "POST":
@@ -522,13 +618,18 @@ class DistilleryClient:
 
         def attempt() -> httpx.Response:
             if upload is None:
-                response = self.http.request(method, path, params=params, json=json,
-                                             headers=headers)
+                response = self.http.request(
+                    method, path, params=params, json=json, headers=headers
+                )
             else:
                 with upload.open("rb") as fh:
                     response = self.http.request(
-                        method, path, params=params, headers=headers,
-                        files={"file": (upload.name, fh, "application/octet-stream")})
+                        method,
+                        path,
+                        params=params,
+                        headers=headers,
+                        files={"file": (upload.name, fh, "application/octet-stream")},
+                    )
             if response.status_code >= 400:
                 raise DistilleryError.from_response(response)
             return response
@@ -537,15 +638,24 @@ class DistilleryClient:
         try:
             return response.json()
         except ValueError as exc:
-            raise DistilleryError(response.status_code, "unexpected_response",
-                                  f"{method} {path} answered {response.text[:200]!r}, "
-                                  "not JSON") from exc
+            raise DistilleryError(
+                response.status_code,
+                "unexpected_response",
+                f"{method} {path} answered {response.text[:200]!r}, not JSON",
+            ) from exc
 
     @contextmanager
-    def _stream(self, method: str, path: str, *, params: dict[str, Any] | None = None,
-                headers: dict[str, str] | None = None) -> Iterator[httpx.Response]:
-        request = self.http.build_request(method, path, params=params,
-                                          headers={**self._headers, **(headers or {})})
+    def _stream(
+        self,
+        method: str,
+        path: str,
+        *,
+        params: dict[str, Any] | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> Iterator[httpx.Response]:
+        request = self.http.build_request(
+            method, path, params=params, headers={**self._headers, **(headers or {})}
+        )
         response = self.http.send(request, stream=True)
         try:
             if response.status_code >= 400:
@@ -559,13 +669,20 @@ class DistilleryClient:
         try:
             return self._retrying()(fn)
         except httpx.TransportError as exc:
-            raise DistilleryError(None, "connection_failed", f"could not reach "
-                                  f"{self.base_url}: {exc or type(exc).__name__}") from exc
+            raise DistilleryError(
+                None,
+                "connection_failed",
+                f"could not reach {self.base_url}: {exc or type(exc).__name__}",
+            ) from exc
 
     def _retrying(self) -> Retrying:
-        return Retrying(stop=stop_after_attempt(self.max_retries + 1), wait=self._wait,
-                        retry=retry_if_exception(_retryable), reraise=True,
-                        before_sleep=_log_retry)
+        return Retrying(
+            stop=stop_after_attempt(self.max_retries + 1),
+            wait=self._wait,
+            retry=retry_if_exception(_retryable),
+            reraise=True,
+            before_sleep=_log_retry,
+        )
 
     def _backoff_delay(self, retry_number: int) -> float:
         """Full-jitter exponential backoff: uniform in [0, backoff * 2**n], capped."""
@@ -588,7 +705,8 @@ def _retryable(exc: BaseException) -> bool:
     if isinstance(exc, httpx.TransportError):
         return True
     return isinstance(exc, DistilleryError) and (
-        exc.status in RETRY_STATUSES or (exc.status == 409 and exc.code in RETRY_CODES))
+        exc.status in RETRY_STATUSES or (exc.status == 409 and exc.code in RETRY_CODES)
+    )
 
 
 def _log_retry(state: RetryCallState) -> None:

@@ -17,11 +17,27 @@ from app.config import get_settings
 log = logging.getLogger("distillery.devserver")
 
 
-def worker_command(*, queue: str, pool: str, concurrency: int, name: str,
-                   beat: bool = False) -> list[str]:
-    command = [sys.executable, "-m", "celery", "-A", "workers.celery_app", "worker",
-               "--pool", pool, "--concurrency", str(concurrency), "-Q", queue,
-               "--loglevel", "INFO", "--hostname", f"{name}@{os.uname().nodename}"]
+def worker_command(
+    *, queue: str, pool: str, concurrency: int, name: str, beat: bool = False
+) -> list[str]:
+    command = [
+        sys.executable,
+        "-m",
+        "celery",
+        "-A",
+        "workers.celery_app",
+        "worker",
+        "--pool",
+        pool,
+        "--concurrency",
+        str(concurrency),
+        "-Q",
+        queue,
+        "--loglevel",
+        "INFO",
+        "--hostname",
+        f"{name}@{os.uname().nodename}",
+    ]
     if beat:  # exactly one process runs the schedule (the stale-job reaper)
         command += ["--beat", "--schedule", str(Path("var/celerybeat-schedule").resolve())]
     return command
@@ -64,8 +80,7 @@ def local_api_key(path: Path) -> str:
     from app.db import session_factory
 
     with session_factory().begin() as session:
-        _, plaintext = create_key(session, tenant_id=get_settings().default_tenant,
-                                  name="make run")
+        _, plaintext = create_key(session, tenant_id=get_settings().default_tenant, name="make run")
     path.write_text(plaintext + "\n")
     path.chmod(0o600)
     return plaintext
@@ -78,20 +93,31 @@ def main() -> None:
         Path(path).mkdir(parents=True, exist_ok=True)
     supervisors = [
         # Training: one job at a time per process (one per GPU in production).
-        Supervisor(worker_command(queue=settings.queue_name, pool="solo", concurrency=1,
-                                  name="trainer")),
+        Supervisor(
+            worker_command(queue=settings.queue_name, pool="solo", concurrency=1, name="trainer")
+        ),
         # Webhooks and the reaper: light and concurrent, so a long job never delays them.
-        Supervisor(worker_command(queue=settings.webhook_queue_name, pool="threads",
-                                  concurrency=4, name="webhooks", beat=True)),
+        Supervisor(
+            worker_command(
+                queue=settings.webhook_queue_name,
+                pool="threads",
+                concurrency=4,
+                name="webhooks",
+                beat=True,
+            )
+        ),
     ]
     for supervisor in supervisors:
         supervisor.start()
     key_file = Path("var/local-api-key")
     key = local_api_key(key_file)
-    print("Distillery API on http://127.0.0.1:8000 (docs: /docs); "
-          f"database {settings.database_url}\n"
-          f"Local API key (tenant '{settings.default_tenant}', kept in {key_file}):\n  {key}\n"
-          f"  export DISTILLERY_API_KEY={key}", flush=True)
+    print(
+        "Distillery API on http://127.0.0.1:8000 (docs: /docs); "
+        f"database {settings.database_url}\n"
+        f"Local API key (tenant '{settings.default_tenant}', kept in {key_file}):\n  {key}\n"
+        f"  export DISTILLERY_API_KEY={key}",
+        flush=True,
+    )
     try:
         uvicorn.run("app.main:create_app", factory=True, host="127.0.0.1", port=8000)
     finally:

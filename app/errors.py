@@ -15,8 +15,16 @@ log = logging.getLogger(__name__)
 
 
 class AppError(Exception):
-    def __init__(self, code: str, message: str, status: int = 400, *, field: str | None = None,
-                 line: int | None = None, headers: dict[str, str] | None = None):
+    def __init__(
+        self,
+        code: str,
+        message: str,
+        status: int = 400,
+        *,
+        field: str | None = None,
+        line: int | None = None,
+        headers: dict[str, str] | None = None,
+    ):
         super().__init__(message)
         self.headers = headers
         self.code = code
@@ -26,8 +34,9 @@ class AppError(Exception):
         self.line = line
 
 
-def error_body(code: str, message: str, field: str | None = None,
-               line: int | None = None) -> dict[str, Any]:
+def error_body(
+    code: str, message: str, field: str | None = None, line: int | None = None
+) -> dict[str, Any]:
     error: dict[str, Any] = {"code": code, "message": message}
     if field is not None:
         error["field"] = field
@@ -48,8 +57,11 @@ _HTTP_CODES = {404: "not_found", 405: "method_not_allowed", 413: "payload_too_la
 def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(AppError)
     async def _app_error(_: Request, exc: AppError) -> JSONResponse:
-        return JSONResponse(error_body(exc.code, exc.message, exc.field, exc.line),
-                            status_code=exc.status, headers=exc.headers)
+        return JSONResponse(
+            error_body(exc.code, exc.message, exc.field, exc.line),
+            status_code=exc.status,
+            headers=exc.headers,
+        )
 
     @app.exception_handler(RequestValidationError)
     async def _validation(_: Request, exc: RequestValidationError) -> JSONResponse:
@@ -62,23 +74,30 @@ def install_error_handlers(app: FastAPI) -> None:
             message = f"'{field}' is required"
         else:
             message = f"'{field}': {first.get('msg', 'invalid value')}"
-        return JSONResponse(
-            error_body("invalid_request", message, field or None), status_code=422
-        )
+        return JSONResponse(error_body("invalid_request", message, field or None), status_code=422)
 
     @app.exception_handler(DataError)
     async def _data(_: Request, exc: DataError) -> JSONResponse:
         # e.g. a NUL byte in an id: the database refuses it, the client gets a 422
         log.info("refused by the database: %s", exc.orig)
-        return JSONResponse(error_body("invalid_request", "a value in the request cannot be "
-                                       "stored or looked up (for example a NUL character)"),
-                            status_code=422)
+        return JSONResponse(
+            error_body(
+                "invalid_request",
+                "a value in the request cannot be "
+                "stored or looked up (for example a NUL character)",
+            ),
+            status_code=422,
+        )
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(_: Request, exc: StarletteHTTPException) -> JSONResponse:
         if exc.status_code == 400:  # an unparsable body (bad JSON bytes, broken multipart)
-            return JSONResponse(error_body("invalid_request", f"the request body cannot be "
-                                           f"parsed: {exc.detail}", "body"), status_code=422)
+            return JSONResponse(
+                error_body(
+                    "invalid_request", f"the request body cannot be parsed: {exc.detail}", "body"
+                ),
+                status_code=422,
+            )
         code = _HTTP_CODES.get(exc.status_code, "http_error")
         return JSONResponse(
             error_body(code, str(exc.detail)), status_code=exc.status_code, headers=exc.headers

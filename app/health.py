@@ -26,5 +26,7 @@ def readyz() -> JSONResponse:
         checks["database"] = "unreachable"
     checks["broker"] = "ok" if broker_reachable() else "unreachable"
     ready = all(v == "ok" for v in checks.values())
-    return JSONResponse({"status": "ready" if ready else "not_ready", "checks": checks},
-                        status_code=200 if ready else 503)
+    return JSONResponse(
+        {"status": "ready" if ready else "not_ready", "checks": checks},
+        status_code=200 if ready else 503,
+    )

@@ -19,8 +19,12 @@ from app.errors import AppError
 TTL = timedelta(hours=24)
 KeyHeader = Annotated[
     str | None,
-    Header(alias="Idempotency-Key", min_length=1, max_length=255,
-           description="retry-safe key: the same key and body return the first result"),
+    Header(
+        alias="Idempotency-Key",
+        min_length=1,
+        max_length=255,
+        description="retry-safe key: the same key and body return the first result",
+    ),
 ]
 
 
@@ -28,8 +32,9 @@ class IdempotencyKey(Base):
     __tablename__ = "idempotency_keys"
     __table_args__ = (UniqueConstraint("tenant_id", "key"),)
 
-    id: Mapped[int] = mapped_column(BigInteger().with_variant(Integer, "sqlite"),
-                                    primary_key=True, autoincrement=True)
+    id: Mapped[int] = mapped_column(
+        BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=True
+    )
     tenant_id: Mapped[str] = mapped_column(ForeignKey("tenants.id"))
     key: Mapped[str] = mapped_column(String(255))
     endpoint: Mapped[str] = mapped_column(String(255))
@@ -49,35 +54,57 @@ class Replay:
     body: dict[str, Any]
 
 
-def begin(session: Session, *, tenant_id: str, key: str, endpoint: str,
-          fingerprint: str) -> Replay | None:
+def begin(
+    session: Session, *, tenant_id: str, key: str, endpoint: str, fingerprint: str
+) -> Replay | None:
     """Claim the key, or return the stored response of its first use."""
     session.execute(delete(IdempotencyKey).where(IdempotencyKey.created_at < utcnow() - TTL))
-    existing = session.scalar(select(IdempotencyKey).where(
-        IdempotencyKey.tenant_id == tenant_id, IdempotencyKey.key == key))
+    existing = session.scalar(
+        select(IdempotencyKey).where(
+            IdempotencyKey.tenant_id == tenant_id, IdempotencyKey.key == key
+        )
+    )
     if existing is None:
         try:
             with session.begin_nested():
-                session.add(IdempotencyKey(tenant_id=tenant_id, key=key, endpoint=endpoint,
-                                           request_hash=fingerprint))
+                session.add(
+                    IdempotencyKey(
+                        tenant_id=tenant_id, key=key, endpoint=endpoint, request_hash=fingerprint
+                    )
+                )
             return None
         except IntegrityError:
-            existing = session.scalar(select(IdempotencyKey).where(
-                IdempotencyKey.tenant_id == tenant_id, IdempotencyKey.key == key))
+            existing = session.scalar(
+                select(IdempotencyKey).where(
+                    IdempotencyKey.tenant_id == tenant_id, IdempotencyKey.key == key
+                )
+            )
             assert existing is not None
     if existing.endpoint != endpoint or existing.request_hash != fingerprint:
-        raise AppError("idempotency_key_reused", "this Idempotency-Key was used with a "
-                       "different request", 409, field="Idempotency-Key")
+        raise AppError(
+            "idempotency_key_reused",
+            "this Idempotency-Key was used with a different request",
+            409,
+            field="Idempotency-Key",
+        )
     if existing.response is None or existing.status_code is None:
-        raise AppError("idempotency_key_in_progress", "a request with this Idempotency-Key "
-                       "is still in progress; retry shortly", 409, field="Idempotency-Key")
+        raise AppError(
+            "idempotency_key_in_progress",
+            "a request with this Idempotency-Key is still in progress; retry shortly",
+            409,
+            field="Idempotency-Key",
+        )
     return Replay(status_code=existing.status_code, body=existing.response)
 
 
-def finish(session: Session, *, tenant_id: str, key: str, status_code: int,
-           body: dict[str, Any]) -> None:
-    row = session.scalar(select(IdempotencyKey).where(
-        IdempotencyKey.tenant_id == tenant_id, IdempotencyKey.key == key))
+def finish(
+    session: Session, *, tenant_id: str, key: str, status_code: int, body: dict[str, Any]
+) -> None:
+    row = session.scalar(
+        select(IdempotencyKey).where(
+            IdempotencyKey.tenant_id == tenant_id, IdempotencyKey.key == key
+        )
+    )
     if row is not None:
         row.status_code = status_code
         row.response = body

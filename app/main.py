@@ -21,11 +21,13 @@ def _upload_limits() -> dict[str, int]:
 
 
 def create_app() -> FastAPI:
-    app = FastAPI(title="Distillery", version="1.0.0",
-                  description="TinyBERT-style knowledge distillation as a service.")
+    app = FastAPI(
+        title="Distillery",
+        version="1.0.0",
+        description="TinyBERT-style knowledge distillation as a service.",
+    )
     install_error_handlers(app)
     app.add_middleware(BodyLimit, limits=_upload_limits)
-    for router in (health.router, datasets_router, models_router, jobs_router,
-                   artifacts_router):
+    for router in (health.router, datasets_router, models_router, jobs_router, artifacts_router):
         app.include_router(router)
     return app

@@ -25,10 +25,12 @@ _EXAMPLES: dict[int, tuple[str, str, str | None]] = {
     410: ("artifact_missing", "artifact 'student.zip' is recorded but its file is gone", None),
     413: ("file_too_large", "the file is larger than the 209715200 byte limit", "file"),
     416: ("range_not_satisfiable", "the requested range is outside the file", None),
-    422: ("invalid_request", "'hyperparameters.epochs': Input should be greater than or "
-          "equal to 1", "hyperparameters.epochs"),
-    429: ("too_many_jobs", "the tenant already has 100 queued or running jobs, its limit",
-          None),
+    422: (
+        "invalid_request",
+        "'hyperparameters.epochs': Input should be greater than or equal to 1",
+        "hyperparameters.epochs",
+    ),
+    429: ("too_many_jobs", "the tenant already has 100 queued or running jobs, its limit", None),
     503: ("queue_unavailable", "the job queue is unreachable; the job was not started", None),
 }
 
@@ -38,8 +40,12 @@ def errors(*statuses: int) -> dict[int | str, dict[str, Any]]:
     out: dict[int | str, dict[str, Any]] = {}
     for status in sorted({401, *statuses}):
         code, message, field = _EXAMPLES[status]
-        example = {"error": {"code": code, "message": message, **({"field": field} if field
-                                                                     else {})}}
-        out[status] = {"model": ErrorResponse, "description": code,
-                       "content": {"application/json": {"example": example}}}
+        example = {
+            "error": {"code": code, "message": message, **({"field": field} if field else {})}
+        }
+        out[status] = {
+            "model": ErrorResponse,
+            "description": code,
+            "content": {"application/json": {"example": example}},
+        }
     return out

@@ -16,26 +16,47 @@ from app.config import get_settings
 from app.uploads import SpooledUpload, spool
 
 
-async def handle_upload(session: Session, *, tenant: str, file: UploadFile,
-                        idempotency_key: str | None, endpoint: str, max_bytes: int,
-                        create: Callable[[SpooledUpload], BaseModel]) -> Any:
+async def handle_upload(
+    session: Session,
+    *,
+    tenant: str,
+    file: UploadFile,
+    idempotency_key: str | None,
+    endpoint: str,
+    max_bytes: int,
+    create: Callable[[SpooledUpload], BaseModel],
+) -> Any:
     """Spool under the tenant's cap, replay an idempotent retry, check the storage quota,
     create (validating everything), store the response for the key, then commit."""
     settings = get_settings()
-    upload = await spool(file, max_bytes=upload_limit(
-        session, settings=settings, tenant_id=tenant, default=max_bytes))
+    upload = await spool(
+        file,
+        max_bytes=upload_limit(session, settings=settings, tenant_id=tenant, default=max_bytes),
+    )
     try:
-        if idempotency_key and (replay := idempotency.begin(
-                session, tenant_id=tenant, key=idempotency_key, endpoint=endpoint,
-                fingerprint=idempotency.request_hash(upload.filename, upload.sha256))):
+        if idempotency_key and (
+            replay := idempotency.begin(
+                session,
+                tenant_id=tenant,
+                key=idempotency_key,
+                endpoint=endpoint,
+                fingerprint=idempotency.request_hash(upload.filename, upload.sha256),
+            )
+        ):
             return JSONResponse(replay.body, status_code=replay.status_code)
-        check_storage_quota(session, settings=settings, tenant_id=tenant,
-                            incoming_bytes=upload.size_bytes)
+        check_storage_quota(
+            session, settings=settings, tenant_id=tenant, incoming_bytes=upload.size_bytes
+        )
         public = create(upload)
     finally:
         upload.discard()
     if idempotency_key:
-        idempotency.finish(session, tenant_id=tenant, key=idempotency_key, status_code=201,
-                           body=public.model_dump(mode="json"))
+        idempotency.finish(
+            session,
+            tenant_id=tenant,
+            key=idempotency_key,
+            status_code=201,
+            body=public.model_dump(mode="json"),
+        )
     session.commit()
     return public

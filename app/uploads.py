@@ -36,9 +36,12 @@ async def spool(upload: UploadFile, *, max_bytes: int, suffix: str = "") -> Spoo
             while chunk := await upload.read(CHUNK):
                 size += len(chunk)
                 if size > max_bytes:
-                    raise AppError("file_too_large",
-                                   f"the file is larger than the {max_bytes} byte limit", 413,
-                                   field="file")
+                    raise AppError(
+                        "file_too_large",
+                        f"the file is larger than the {max_bytes} byte limit",
+                        413,
+                        field="file",
+                    )
                 digest.update(chunk)
                 tmp.write(chunk)
     except BaseException:
@@ -47,8 +50,12 @@ async def spool(upload: UploadFile, *, max_bytes: int, suffix: str = "") -> Spoo
     if size == 0:
         path.unlink(missing_ok=True)
         raise AppError("file_empty", "the uploaded file is empty", 422, field="file")
-    return SpooledUpload(path=path, size_bytes=size, sha256=digest.hexdigest(),
-                         filename=safe_filename(upload.filename))
+    return SpooledUpload(
+        path=path,
+        size_bytes=size,
+        sha256=digest.hexdigest(),
+        filename=safe_filename(upload.filename),
+    )
 
 
 def safe_filename(name: str | None) -> str:

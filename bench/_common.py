@@ -82,8 +82,9 @@ def score_folder(model_dir: Path, examples: Sequence[Any], *, max_length: int) -
     unknown = sorted({str(e.label) for e in examples} - set(label2id))
     if unknown:
         raise SystemExit(f"{model_dir}: test labels {unknown} are not among {sorted(label2id)}")
-    encoded = encode(examples, tokenizer, max_length=max_length, task="classification",
-                     label2id=label2id)
+    encoded = encode(
+        examples, tokenizer, max_length=max_length, task="classification", label2id=label2id
+    )
     batches = Batches(encoded, batch_size=64, seed=0, pad_id=int(tokenizer.pad_token_id or 0))
     logits, gold = predict(model, batches, device=torch.device("cpu"))
     metrics: dict[str, Any] = classification_metrics(gold.tolist(), logits.argmax(-1).tolist())
@@ -99,8 +100,10 @@ def score_folder(model_dir: Path, examples: Sequence[Any], *, max_length: int) -
 
 def arch_key(c: Any) -> str:
     """What CPU latency depends on; the classifier's width is left out as negligible."""
-    return (f"L{c.num_hidden_layers}-H{c.hidden_size}-A{c.num_attention_heads}"
-            f"-I{c.intermediate_size}-V{c.vocab_size}")
+    return (
+        f"L{c.num_hidden_layers}-H{c.hidden_size}-A{c.num_attention_heads}"
+        f"-I{c.intermediate_size}-V{c.vocab_size}"
+    )
 
 
 def forward_calls(config: Any, *, seed: int = 0) -> dict[str, Callable[[], Any]]:
@@ -134,8 +137,9 @@ def forward_calls(config: Any, *, seed: int = 0) -> dict[str, Callable[[], Any]]
     return calls
 
 
-def interleaved_latency(calls: dict[str, dict[str, Callable[[], Any]]], *,
-                        runs: int) -> dict[str, dict[str, dict[str, float]]]:
+def interleaved_latency(
+    calls: dict[str, dict[str, Callable[[], Any]]], *, runs: int
+) -> dict[str, dict[str, dict[str, float]]]:
     """{name: {batch: {median, p90}}} in ms, timed round-robin after one warm-up each.
 
     On a CPU shared with other work, timing the models in turn spreads the background load
@@ -157,8 +161,11 @@ def interleaved_latency(calls: dict[str, dict[str, Callable[[], Any]]], *,
                 times[name].append((time.perf_counter() - start) * 1000.0)
         for name, ts in times.items():
             arr = np.asarray(ts)
-            out[name][batch] = {"median": float(np.median(arr)),
-                                "p90": float(np.percentile(arr, 90)), "runs": n_runs}
+            out[name][batch] = {
+                "median": float(np.median(arr)),
+                "p90": float(np.percentile(arr, 90)),
+                "runs": n_runs,
+            }
     return out
 
 
@@ -191,8 +198,10 @@ def table(title: str, header: Sequence[str], rows: Sequence[Sequence[Any]]) -> N
         from rich.console import Console
         from rich.table import Table
     except ImportError:
-        widths = [max(len(h), *(len(r[i]) for r in cells)) if cells else len(h)
-                  for i, h in enumerate(header)]
+        widths = [
+            max(len(h), *(len(r[i]) for r in cells)) if cells else len(h)
+            for i, h in enumerate(header)
+        ]
         print(f"\n{title}")
         print("  ".join(h.ljust(w) for h, w in zip(header, widths, strict=True)))
         print("  ".join("-" * w for w in widths))

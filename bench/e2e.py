@@ -82,36 +82,84 @@ class Services:
         return f"http://127.0.0.1:{self.port}"
 
     def migrate(self) -> None:
-        done = subprocess.run([sys.executable, "-m", "alembic", "upgrade", "head"], cwd=ROOT,
-                              env=self.env, capture_output=True, text=True, check=False)
+        done = subprocess.run(
+            [sys.executable, "-m", "alembic", "upgrade", "head"],
+            cwd=ROOT,
+            env=self.env,
+            capture_output=True,
+            text=True,
+            check=False,
+        )
         if done.returncode:
             raise SystemExit(f"alembic upgrade head failed:\n{done.stdout}\n{done.stderr}")
 
     def create_api_key(self) -> str:
         """`distillery keys create`, the operator's command; the secret is its last line."""
-        argv = [sys.executable, "-c", "import sys; from app.cli import main; "
-                "sys.argv[0] = 'distillery'; main()",
-                "keys", "create", "--tenant", "bench", "--name", "bench-e2e"]
-        done = subprocess.run(argv, cwd=ROOT, env=self.env, capture_output=True, text=True,
-                              check=False)
+        argv = [
+            sys.executable,
+            "-c",
+            "import sys; from app.cli import main; sys.argv[0] = 'distillery'; main()",
+            "keys",
+            "create",
+            "--tenant",
+            "bench",
+            "--name",
+            "bench-e2e",
+        ]
+        done = subprocess.run(
+            argv, cwd=ROOT, env=self.env, capture_output=True, text=True, check=False
+        )
         lines = [x.strip() for x in done.stdout.splitlines() if x.strip()]
         if done.returncode or not lines:
             raise SystemExit(f"distillery keys create failed:\n{done.stdout}\n{done.stderr}")
         return lines[-1]
 
     def start(self) -> None:
-        self._spawn("api", [sys.executable, "-m", "uvicorn", "app.main:create_app", "--factory",
-                            "--host", "127.0.0.1", "--port", str(self.port),
-                            "--log-level", "warning"])
-        self._spawn("worker", [sys.executable, "-m", "celery", "-A", "workers.celery_app",
-                               "worker", "--pool", "solo", "-c", "1", "-Q", self.queue,
-                               "--loglevel", "INFO", "--hostname", f"{self.queue}@%h",
-                               "--without-gossip", "--without-mingle"])
+        self._spawn(
+            "api",
+            [
+                sys.executable,
+                "-m",
+                "uvicorn",
+                "app.main:create_app",
+                "--factory",
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(self.port),
+                "--log-level",
+                "warning",
+            ],
+        )
+        self._spawn(
+            "worker",
+            [
+                sys.executable,
+                "-m",
+                "celery",
+                "-A",
+                "workers.celery_app",
+                "worker",
+                "--pool",
+                "solo",
+                "-c",
+                "1",
+                "-Q",
+                self.queue,
+                "--loglevel",
+                "INFO",
+                "--hostname",
+                f"{self.queue}@%h",
+                "--without-gossip",
+                "--without-mingle",
+            ],
+        )
 
     def _spawn(self, name: str, argv: list[str]) -> None:
         with (self.folder / f"{name}.log").open("wb") as out:
-            self.procs[name] = subprocess.Popen(argv, cwd=ROOT, env=self.env, stdout=out,
-                                                stderr=subprocess.STDOUT)
+            self.procs[name] = subprocess.Popen(
+                argv, cwd=ROOT, env=self.env, stdout=out, stderr=subprocess.STDOUT
+            )
 
     def wait_ready(self, client: httpx.Client, timeout_s: float = 180.0) -> None:
         """Until /readyz answers 200 and the worker has logged 'ready', so that the job's
@@ -128,14 +176,17 @@ class Services:
             if api and " ready." in self.tail("worker"):
                 return
             time.sleep(0.25)
-        raise SystemExit(f"API or worker not ready within {timeout_s:.0f} s\n"
-                         f"{self.tail('api')}\n{self.tail('worker')}")
+        raise SystemExit(
+            f"API or worker not ready within {timeout_s:.0f} s\n"
+            f"{self.tail('api')}\n{self.tail('worker')}"
+        )
 
     def check_alive(self) -> None:
         for name, proc in self.procs.items():
             if proc.poll() is not None:
-                raise SystemExit(f"the {name} process exited with {proc.returncode}\n"
-                                 f"{self.tail(name)}")
+                raise SystemExit(
+                    f"the {name} process exited with {proc.returncode}\n{self.tail(name)}"
+                )
 
     def tail(self, name: str, chars: int = 4000) -> str:
         path = self.folder / f"{name}.log"
@@ -176,8 +227,15 @@ class StageClock:
         return out
 
 
-def poll(client: httpx.Client, services: Services, job_id: str, clock: StageClock, *,
-         interval_s: float, timeout_s: float) -> dict[str, Any]:
+def poll(
+    client: httpx.Client,
+    services: Services,
+    job_id: str,
+    clock: StageClock,
+    *,
+    interval_s: float,
+    timeout_s: float,
+) -> dict[str, Any]:
     deadline = time.monotonic() + timeout_s
     last_print = 0.0
     while True:
@@ -232,14 +290,16 @@ def stages_from_events(events: list[dict[str, Any]]) -> list[dict[str, Any]]:
     if not marks:
         return []
     t0 = marks[0][0]
-    return [{"phase": name, "start_s": (a - t0).total_seconds(),
-             "wall_s": (b - a).total_seconds()}
-            for (a, name), (b, _) in zip(marks, marks[1:], strict=False)]
+    return [
+        {"phase": name, "start_s": (a - t0).total_seconds(), "wall_s": (b - a).total_seconds()}
+        for (a, name), (b, _) in zip(marks, marks[1:], strict=False)
+    ]
 
 
 def upload(client: httpx.Client, name: str, examples: list[Any]) -> dict[str, Any]:
-    r = client.post("/v1/datasets", files={"file": (name, to_jsonl(examples),
-                                                     "application/x-ndjson")})
+    r = client.post(
+        "/v1/datasets", files={"file": (name, to_jsonl(examples), "application/x-ndjson")}
+    )
     if r.status_code != 201:
         raise SystemExit(f"upload of {name} failed: {r.status_code} {r.text}")
     return dict(r.json())
@@ -247,22 +307,38 @@ def upload(client: httpx.Client, name: str, examples: list[Any]) -> dict[str, An
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=(__doc__ or "").split("\n\n")[0])
-    p.add_argument("--train-limit", type=int, default=DEFAULT_TRAIN_LIMIT,
-                   help="training examples, stratified; 0 = all 10144")
+    p.add_argument(
+        "--train-limit",
+        type=int,
+        default=DEFAULT_TRAIN_LIMIT,
+        help="training examples, stratified; 0 = all 10144",
+    )
     p.add_argument("--dev-limit", type=int, default=0, help="validation examples; 0 = all")
     p.add_argument("--test-limit", type=int, default=0, help="test examples; 0 = all")
-    p.add_argument("--epochs", type=int, default=DEFAULT_EPOCHS,
-                   help="epochs of every stage (hyperparameters.epochs); 0 = the engine recipe")
+    p.add_argument(
+        "--epochs",
+        type=int,
+        default=DEFAULT_EPOCHS,
+        help="epochs of every stage (hyperparameters.epochs); 0 = the engine recipe",
+    )
     p.add_argument("--student", default="tinybert-4l-312d", choices=sorted(PRESETS))
     p.add_argument("--max-seq-length", type=int, default=128)
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--seed", type=int, default=42)
-    p.add_argument("--worker-threads", type=int, default=0,
-                   help="OMP/MKL threads of the worker process; 0 = torch's default (all cores)")
-    p.add_argument("--database-url", help="e.g. postgresql+psycopg://user@host/db (migrated "
-                   "here); default: a fresh SQLite file")
-    p.add_argument("--broker-url", help="e.g. redis://127.0.0.1:6379/0; default: "
-                   "sqla+sqlite in the temp folder")
+    p.add_argument(
+        "--worker-threads",
+        type=int,
+        default=0,
+        help="OMP/MKL threads of the worker process; 0 = torch's default (all cores)",
+    )
+    p.add_argument(
+        "--database-url",
+        help="e.g. postgresql+psycopg://user@host/db (migrated here); default: a fresh SQLite file",
+    )
+    p.add_argument(
+        "--broker-url",
+        help="e.g. redis://127.0.0.1:6379/0; default: sqla+sqlite in the temp folder",
+    )
     p.add_argument("--poll-interval", type=float, default=0.5)
     p.add_argument("--timeout", type=float, default=6 * 3600, help="seconds to wait for the job")
     p.add_argument("--keep", action="store_true", help="keep the temp folder (db, logs, storage)")
@@ -289,35 +365,46 @@ def main(argv: list[str] | None = None) -> int:
     if a.worker_threads:
         env.update(OMP_NUM_THREADS=str(a.worker_threads), MKL_NUM_THREADS=str(a.worker_threads))
     settings = {
-        "dataset": DATASET, "teacher": TEACHER, "student": a.student,
-        "train_limit": a.train_limit or None, "dev_limit": a.dev_limit or None,
-        "test_limit": a.test_limit or None, "epochs": a.epochs or None,
-        "max_seq_length": a.max_seq_length, "batch_size": a.batch_size, "seed": a.seed,
+        "dataset": DATASET,
+        "teacher": TEACHER,
+        "student": a.student,
+        "train_limit": a.train_limit or None,
+        "dev_limit": a.dev_limit or None,
+        "test_limit": a.test_limit or None,
+        "epochs": a.epochs or None,
+        "max_seq_length": a.max_seq_length,
+        "batch_size": a.batch_size,
+        "seed": a.seed,
         "worker_threads": a.worker_threads or None,
         "database": "sqlite" if not a.database_url else a.database_url.split(":", 1)[0],
         "broker": "sqla+sqlite" if not a.broker_url else a.broker_url.split(":", 1)[0],
         "poll_interval_s": a.poll_interval,
     }
     log(f"e2e benchmark: {settings}; temp folder {folder}")
-    train = stratified_limit(read_split(DATASET, "train", a.data_dir), a.train_limit or None,
-                             seed=a.seed)
-    dev = stratified_limit(read_split(DATASET, "dev", a.data_dir), a.dev_limit or None,
-                           seed=a.seed)
-    test = stratified_limit(read_split(DATASET, "test", a.data_dir), a.test_limit or None,
-                            seed=a.seed)
+    train = stratified_limit(
+        read_split(DATASET, "train", a.data_dir), a.train_limit or None, seed=a.seed
+    )
+    dev = stratified_limit(read_split(DATASET, "dev", a.data_dir), a.dev_limit or None, seed=a.seed)
+    test = stratified_limit(
+        read_split(DATASET, "test", a.data_dir), a.test_limit or None, seed=a.seed
+    )
     settings.update(train_examples=len(train), dev_examples=len(dev), test_examples=len(test))
 
     services = Services(env, folder, queue)
-    result: dict[str, Any] = {"benchmark": "e2e", "settings": settings,
-                              "environment": environment()}
+    result: dict[str, Any] = {
+        "benchmark": "e2e",
+        "settings": settings,
+        "environment": environment(),
+    }
     ok = False
     try:
         t = time.perf_counter()
         services.migrate()
         key = services.create_api_key()
         services.start()
-        with httpx.Client(base_url=services.base_url, timeout=120.0,
-                          headers={"Authorization": f"Bearer {key}"}) as client:
+        with httpx.Client(
+            base_url=services.base_url, timeout=120.0, headers={"Authorization": f"Bearer {key}"}
+        ) as client:
             services.wait_ready(client)
             result["startup_s"] = time.perf_counter() - t
             ok = run_job(a, client, services, train, dev, test, settings, result, folder)
@@ -338,9 +425,17 @@ def main(argv: list[str] | None = None) -> int:
     return 0 if ok else 1
 
 
-def run_job(a: argparse.Namespace, client: httpx.Client, services: Services, train: list[Any],
-            dev: list[Any], test: list[Any], settings: dict[str, Any], result: dict[str, Any],
-            folder: Path) -> bool:
+def run_job(
+    a: argparse.Namespace,
+    client: httpx.Client,
+    services: Services,
+    train: list[Any],
+    dev: list[Any],
+    test: list[Any],
+    settings: dict[str, Any],
+    result: dict[str, Any],
+    folder: Path,
+) -> bool:
     t = time.perf_counter()
     train_ds = upload(client, "train.jsonl", train)
     dev_ds = upload(client, "dev.jsonl", dev)
@@ -348,8 +443,14 @@ def run_job(a: argparse.Namespace, client: httpx.Client, services: Services, tra
     hyper: dict[str, Any] = {"batch_size": a.batch_size, "max_seq_length": a.max_seq_length}
     if a.epochs:
         hyper["epochs"] = a.epochs
-    body = {"teacher": TEACHER, "dataset": train_ds["id"], "validation_dataset": dev_ds["id"],
-            "student": {"preset": a.student}, "hyperparameters": hyper, "seed": a.seed}
+    body = {
+        "teacher": TEACHER,
+        "dataset": train_ds["id"],
+        "validation_dataset": dev_ds["id"],
+        "student": {"preset": a.student},
+        "hyperparameters": hyper,
+        "seed": a.seed,
+    }
     created_at = time.perf_counter()
     r = client.post("/v1/jobs", json=body)
     if r.status_code != 201:
@@ -361,9 +462,22 @@ def run_job(a: argparse.Namespace, client: httpx.Client, services: Services, tra
     result["job_s"] = time.perf_counter() - created_at
     result["stages"] = clock.durations()
     result["polls"] = clock.polls
-    result["job"] = {k: job[k] for k in ("id", "status", "error", "attempts", "created_at",
-                                         "started_at", "finished_at", "progress",
-                                         "hyperparameters", "distillation", "student")}
+    result["job"] = {
+        k: job[k]
+        for k in (
+            "id",
+            "status",
+            "error",
+            "attempts",
+            "created_at",
+            "started_at",
+            "finished_at",
+            "progress",
+            "hyperparameters",
+            "distillation",
+            "student",
+        )
+    }
     result["metrics"] = job["metrics"]
     events = read_events(client, job_id)
     result["events_endpoint"] = events is not None
@@ -380,15 +494,20 @@ def run_job(a: argparse.Namespace, client: httpx.Client, services: Services, tra
     zipfile.ZipFile(io.BytesIO(download.content)).extractall(student_dir)
     result["download_s"] = time.perf_counter() - t
     result["student_zip_bytes"] = len(download.content)
-    result["artifacts"] = [{k: x[k] for k in ("name", "size_bytes")} for x in
-                           client.get(f"/v1/jobs/{job_id}/artifacts").json()]
+    result["artifacts"] = [
+        {k: x[k] for k in ("name", "size_bytes")}
+        for x in client.get(f"/v1/jobs/{job_id}/artifacts").json()
+    ]
 
     t = time.perf_counter()
     scored = score_folder(student_dir, test, max_length=a.max_seq_length)
     result["test_eval_s"] = time.perf_counter() - t
-    result["student_test"] = {**scored["metrics"], "examples": scored["test_examples"],
-                              "parameters": scored["parameters"],
-                              "size_bytes": scored["size_bytes"]}
+    result["student_test"] = {
+        **scored["metrics"],
+        "examples": scored["test_examples"],
+        "parameters": scored["parameters"],
+        "size_bytes": scored["size_bytes"],
+    }
     return True
 
 
@@ -396,14 +515,22 @@ def report(r: dict[str, Any]) -> None:
     s = r["settings"]
     polled = {x["phase"]: x["wall_s"] for x in r.get("stages") or []}
     evented = {x["phase"]: x["wall_s"] for x in r.get("event_stages") or []}
-    rows: list[list[Any]] = [["startup (migrate, key, API, worker)", None, r.get("startup_s")],
-                             ["upload train + dev", None, r.get("upload_s")]]
+    rows: list[list[Any]] = [
+        ["startup (migrate, key, API, worker)", None, r.get("startup_s")],
+        ["upload train + dev", None, r.get("upload_s")],
+    ]
     phases = list(evented) + [p for p in polled if p not in evented]
     rows += [[f"job: {p}", evented.get(p), polled.get(p)] for p in phases]
-    rows += [["download student.zip", None, r.get("download_s")],
-             ["test evaluation (client)", None, r.get("test_eval_s")]]
-    table("Wall time per phase, seconds (events: server clock; polling: client clock, "
-          f"every {s['poll_interval_s']} s)", ["phase", "events", "polling"], rows)
+    rows += [
+        ["download student.zip", None, r.get("download_s")],
+        ["test evaluation (client)", None, r.get("test_eval_s")],
+    ]
+    table(
+        "Wall time per phase, seconds (events: server clock; polling: client clock, "
+        f"every {s['poll_interval_s']} s)",
+        ["phase", "events", "polling"],
+        rows,
+    )
 
     m = r.get("metrics") or {}
     if m:
@@ -411,32 +538,62 @@ def report(r: dict[str, Any]) -> None:
         rows = []
         for who in ("teacher", "student"):
             v = m.get(who, {})
-            rows.append([who, v.get("accuracy"), v.get("macro_f1"), params.get(who),
-                         (size.get(who) or 0) / 1e6,
-                         lat.get(who, {}).get("batch_1", {}).get("median"),
-                         lat.get(who, {}).get("batch_32", {}).get("median")])
+            rows.append(
+                [
+                    who,
+                    v.get("accuracy"),
+                    v.get("macro_f1"),
+                    params.get(who),
+                    (size.get(who) or 0) / 1e6,
+                    lat.get(who, {}).get("batch_1", {}).get("median"),
+                    lat.get(who, {}).get("batch_32", {}).get("median"),
+                ]
+            )
         onnx = m.get("onnx") or {}
         for kind in ("fp32", "int8"):
             if kind in onnx:
                 o = onnx[kind]
-                rows.append([f"student ONNX {kind}", None, None, None, o["size_bytes"] / 1e6,
-                             o["latency_ms"]["batch_1"]["median"],
-                             o["latency_ms"]["batch_32"]["median"]])
-        table(f"Job metrics (validation split; retention {m.get('retention')}; "
-              "latency: engine's, on validation-length batches)",
-              ["model", "val acc", "val macro-F1", "params", "size MB", "b1 ms", "b32 ms"], rows)
+                rows.append(
+                    [
+                        f"student ONNX {kind}",
+                        None,
+                        None,
+                        None,
+                        o["size_bytes"] / 1e6,
+                        o["latency_ms"]["batch_1"]["median"],
+                        o["latency_ms"]["batch_32"]["median"],
+                    ]
+                )
+        table(
+            f"Job metrics (validation split; retention {m.get('retention')}; "
+            "latency: engine's, on validation-length batches)",
+            ["model", "val acc", "val macro-F1", "params", "size MB", "b1 ms", "b32 ms"],
+            rows,
+        )
     test = r.get("student_test")
     if test:
-        table("Downloaded student.zip on rt-polarity TEST",
-              ["accuracy", "macro-F1", "MCC", "examples", "params", "size MB"],
-              [[test["accuracy"], test["macro_f1"], test["mcc"], test["examples"],
-                test["parameters"], test["size_bytes"] / 1e6]])
+        table(
+            "Downloaded student.zip on rt-polarity TEST",
+            ["accuracy", "macro-F1", "MCC", "examples", "params", "size MB"],
+            [
+                [
+                    test["accuracy"],
+                    test["macro_f1"],
+                    test["mcc"],
+                    test["examples"],
+                    test["parameters"],
+                    test["size_bytes"] / 1e6,
+                ]
+            ],
+        )
     print(f"\nsettings: {s}")
     if r.get("events_endpoint") is False:
         print("GET /v1/jobs/{id}/events does not exist here: stage times are from polling only")
     wall = r.get("wall_s", 0.0)
-    print(f"total wall time: {fmt_seconds(wall)} ({wall:.0f} s); "
-          f"job {fmt_seconds(r.get('job_s', 0.0))}")
+    print(
+        f"total wall time: {fmt_seconds(wall)} ({wall:.0f} s); "
+        f"job {fmt_seconds(r.get('job_s', 0.0))}"
+    )
 
 
 if __name__ == "__main__":

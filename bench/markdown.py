@@ -1,6 +1,6 @@
 """Render a bench/quality.py JSON file as the README's Markdown tables, one per dataset.
 
-    python bench/markdown.py bench/results/quality.json
+python bench/markdown.py bench/results/quality.json
 """
 
 from __future__ import annotations
@@ -10,9 +10,11 @@ import sys
 from pathlib import Path
 from typing import Any
 
-HEADER = ("| model | variant | test acc | macro-F1 | retention acc / F1 | params | size | "
-          "b=1 ms | b=32 ms | speed-up b=1 / b=32 | train |\n"
-          "|---|---|---|---|---|---|---|---|---|---|---|")
+HEADER = (
+    "| model | variant | test acc | macro-F1 | retention acc / F1 | params | size | "
+    "b=1 ms | b=32 ms | speed-up b=1 / b=32 | train |\n"
+    "|---|---|---|---|---|---|---|---|---|---|---|"
+)
 
 
 def human(seconds: float) -> str:
@@ -28,13 +30,18 @@ def human(seconds: float) -> str:
 def cells(r: dict[str, Any]) -> str:
     # A run killed before its final timing has rows without latency: shown as "n/a".
     lat, up = r.get("latency_ms"), r.get("speedup")
-    timing = (f"{lat['batch_1']['median']:.1f} | {lat['batch_32']['median']:.1f} | "
-              f"{up['batch_1']:.1f}x / {up['batch_32']:.1f}x" if lat and up
-              else "n/a | n/a | n/a")
-    return (f"| {r['model']} | {r['variant']} | {r['accuracy']:.3f} | {r['macro_f1']:.3f} | "
-            f"{r['retention']:.1%} / {r['retention_macro_f1']:.1%} | "
-            f"{r['parameters'] / 1e6:.2f}M | {r['size_bytes'] / 1e6:.1f} MB | "
-            f"{timing} | {human(r['train_wall_s'])} |")
+    timing = (
+        f"{lat['batch_1']['median']:.1f} | {lat['batch_32']['median']:.1f} | "
+        f"{up['batch_1']:.1f}x / {up['batch_32']:.1f}x"
+        if lat and up
+        else "n/a | n/a | n/a"
+    )
+    return (
+        f"| {r['model']} | {r['variant']} | {r['accuracy']:.3f} | {r['macro_f1']:.3f} | "
+        f"{r['retention']:.1%} / {r['retention_macro_f1']:.1%} | "
+        f"{r['parameters'] / 1e6:.2f}M | {r['size_bytes'] / 1e6:.1f} MB | "
+        f"{timing} | {human(r['train_wall_s'])} |"
+    )
 
 
 def render(payload: dict[str, Any]) -> str:
@@ -42,9 +49,14 @@ def render(payload: dict[str, Any]) -> str:
     for dataset in dict.fromkeys(r["dataset"] for r in payload["results"]):
         rows = [r for r in payload["results"] if r["dataset"] == dataset]
         teacher = next(r for r in rows if r["variant"] == "fine-tuned teacher")
-        out += ["", f"**{dataset}** ({teacher['train_examples']} training examples, "
-                f"{teacher['test_examples']} test examples)", "", HEADER,
-                *(cells(r) for r in rows)]
+        out += [
+            "",
+            f"**{dataset}** ({teacher['train_examples']} training examples, "
+            f"{teacher['test_examples']} test examples)",
+            "",
+            HEADER,
+            *(cells(r) for r in rows),
+        ]
     return "\n".join(out)
 
 

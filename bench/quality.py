@@ -112,9 +112,17 @@ DEFAULT_PREDICTION_EPOCHS = 1
 DEFAULT_GENERAL_LIMIT = 16_000  # one epoch: 500 steps of general distillation per student
 DEFAULT_MAX_SEQ_LENGTH = 64  # training and scoring; latency is always timed at 128
 # --quick: every variant and both students on one small dataset, tiny sizes; explicit flags win.
-QUICK = {"datasets": ["rt-polarity"], "train_limit": 64, "dev_limit": 32, "test_limit": 128,
-         "epochs_scale": 0.05, "teacher_epochs": 1, "general_limit": 64, "max_seq_length": 32,
-         "latency_runs": 4}
+QUICK = {
+    "datasets": ["rt-polarity"],
+    "train_limit": 64,
+    "dev_limit": 32,
+    "test_limit": 128,
+    "epochs_scale": 0.05,
+    "teacher_epochs": 1,
+    "general_limit": 64,
+    "max_seq_length": 32,
+    "latency_runs": 4,
+}
 
 
 @dataclass
@@ -166,9 +174,11 @@ class Recorder:
             self._printed = now
             per_step = (now - self._since) / max(1.0, self.stages[p.stage]["steps"] or 0)
             left = (p.total_steps - p.step) * per_step
-            log(f"  {self.label}: {p.stage} step {p.step}/{p.total_steps} "
+            log(
+                f"  {self.label}: {p.stage} step {p.step}/{p.total_steps} "
                 f"loss {p.losses.get('total', math.nan):.4f}, {per_step:.2f} s/step, "
-                f"~{fmt_seconds(left)} of training left")
+                f"~{fmt_seconds(left)} of training left"
+            )
 
     def on_event(self, e: Event) -> None:
         if e.type == "stage_started" and (stage := e.data.get("stage")):
@@ -196,8 +206,9 @@ class Recorder:
 
 
 def stage_epochs(stage: str, *, n: int, s: Settings) -> int:
-    return max(1, round(recipe_epochs(stage, num_examples=n, batch_size=s.batch_size)
-                        * s.epochs_scale))
+    return max(
+        1, round(recipe_epochs(stage, num_examples=n, batch_size=s.batch_size) * s.epochs_scale)
+    )
 
 
 def base_config(s: Settings, **update: Any) -> DistillConfig:
@@ -215,8 +226,9 @@ def base_config(s: Settings, **update: Any) -> DistillConfig:
     )
 
 
-def variant_config(variant: str, student: str, *, n: int, s: Settings,
-                   init_model: Path | None) -> DistillConfig:
+def variant_config(
+    variant: str, student: str, *, n: int, s: Settings, init_model: Path | None
+) -> DistillConfig:
     """One matrix cell. Every variant gets the same number of epochs over the task data:
     intermediate + prediction for the TinyBERT ones, all of it as prediction for the others."""
     e_int = s.intermediate_epochs or stage_epochs("intermediate", n=n, s=s)
@@ -240,33 +252,53 @@ def variant_config(variant: str, student: str, *, n: int, s: Settings,
         prediction = StageConfig(epochs=e_pred, learning_rate=warm)
     if variant == "gd+tinybert":
         assert init_model is not None
-        student_cfg = StudentConfig(preset=student, init="model",  # type: ignore[arg-type]
-                                    init_model=str(init_model))
+        student_cfg = StudentConfig(
+            preset=student,
+            init="model",  # type: ignore[arg-type]
+            init_model=str(init_model),
+        )
     if variant == "ws+tinybert":
         # weight selection: the fine-tuned teacher's layers, sliced to the student's width
         student_cfg = StudentConfig(preset=student, init="teacher_select")  # type: ignore[arg-type]
     return base_config(
-        s, student=student_cfg,
-        distillation=DistillationConfig(intermediate=intermediate, prediction=prediction,
-                                        weights=weights),
+        s,
+        student=student_cfg,
+        distillation=DistillationConfig(
+            intermediate=intermediate, prediction=prediction, weights=weights
+        ),
     )
 
 
-def engine_run(label: str, config: DistillConfig, *, teacher: Path, train: list[Example],
-               validation: list[Example], workdir: Path) -> tuple[RunResult, dict[str, Any]]:
+def engine_run(
+    label: str,
+    config: DistillConfig,
+    *,
+    teacher: Path,
+    train: list[Example],
+    validation: list[Example],
+    workdir: Path,
+) -> tuple[RunResult, dict[str, Any]]:
     log(f"{label}: starting ({len(train)} train, {len(validation)} validation examples)")
     rec = Recorder(label)
-    result = run(config, teacher=str(teacher), train=train, validation=validation,
-                 workdir=workdir, callbacks=rec)
+    result = run(
+        config,
+        teacher=str(teacher),
+        train=train,
+        validation=validation,
+        workdir=workdir,
+        callbacks=rec,
+    )
     timing = rec.finish()
-    steps = ", ".join(f"{k} {v['steps']} steps {fmt_seconds(v['wall_s'])}"
-                      for k, v in timing["stages"].items())
+    steps = ", ".join(
+        f"{k} {v['steps']} steps {fmt_seconds(v['wall_s'])}" for k, v in timing["stages"].items()
+    )
     log(f"{label}: done in {fmt_seconds(timing['wall_s'])} ({steps})")
     return result, timing
 
 
-def finetune_teacher(dataset: str, train: list[Example], dev: list[Example], *, s: Settings,
-                     work: Path) -> tuple[Path, dict[str, Any]]:
+def finetune_teacher(
+    dataset: str, train: list[Example], dev: list[Example], *, s: Settings, work: Path
+) -> tuple[Path, dict[str, Any]]:
     """Fine-tune the headless teacher once; later runs load it and skip teacher_finetune.
 
     The engine has no fine-tune-only mode: both distillation stages are switched off, so the
@@ -278,14 +310,23 @@ def finetune_teacher(dataset: str, train: list[Example], dev: list[Example], *, 
 
     epochs = s.teacher_epochs or stage_epochs("teacher_finetune", n=len(train), s=s)
     config = base_config(
-        s, student=StudentConfig(preset="bert-2l-128d"),
+        s,
+        student=StudentConfig(preset="bert-2l-128d"),
         distillation=DistillationConfig(
             teacher_finetune=StageConfig(epochs=epochs, learning_rate=s.teacher_learning_rate),
-            intermediate=StageConfig(enabled=False), prediction=StageConfig(enabled=False)),
+            intermediate=StageConfig(enabled=False),
+            prediction=StageConfig(enabled=False),
+        ),
     )
     workdir = work / dataset / "teacher-run"
-    result, timing = engine_run(f"{dataset}/teacher", config, teacher=teacher_path(),
-                                train=train, validation=dev, workdir=workdir)
+    result, timing = engine_run(
+        f"{dataset}/teacher",
+        config,
+        teacher=teacher_path(),
+        train=train,
+        validation=dev,
+        workdir=workdir,
+    )
     # The engine saves the fine-tuned weights without a tokenizer; add it to make a teacher.
     target = work / dataset / "teacher"
     shutil.copytree(workdir / "checkpoints" / TEACHER_DIR, target)
@@ -295,17 +336,26 @@ def finetune_teacher(dataset: str, train: list[Example], dev: list[Example], *, 
     return target, timing
 
 
-def general_distill(student: str, pool: list[Example], *, s: Settings,
-                    work: Path) -> tuple[Path, dict[str, Any]]:
+def general_distill(
+    student: str, pool: list[Example], *, s: Settings, work: Path
+) -> tuple[Path, dict[str, Any]]:
     epochs = stage_epochs("general", n=len(pool), s=s)
     config = base_config(
-        s, task="general", student=StudentConfig(preset=student),  # type: ignore[arg-type]
+        s,
+        task="general",
+        student=StudentConfig(preset=student),  # type: ignore[arg-type]
         distillation=DistillationConfig(general=StageConfig(enabled=True, epochs=epochs)),
     )
     workdir = work / "general" / student
     # The validation set only feeds the export's latency and ONNX inputs for task="general".
-    result, timing = engine_run(f"general/{student}", config, teacher=teacher_path(),
-                                train=pool, validation=pool[:32], workdir=workdir)
+    result, timing = engine_run(
+        f"general/{student}",
+        config,
+        teacher=teacher_path(),
+        train=pool,
+        validation=pool[:32],
+        workdir=workdir,
+    )
     timing["epochs"] = epochs
     timing["examples"] = len(pool)
     return result.export_dir, timing
@@ -313,17 +363,20 @@ def general_distill(student: str, pool: list[Example], *, s: Settings,
 
 def tfidf_svm(train: list[Example], test: list[Example]) -> dict[str, Any]:
     started = time.perf_counter()
-    model = Pipeline([
-        ("tfidf", TfidfVectorizer(ngram_range=(1, 2), sublinear_tf=True, min_df=1)),
-        ("svm", LinearSVC(C=1.0)),
-    ])
+    model = Pipeline(
+        [
+            ("tfidf", TfidfVectorizer(ngram_range=(1, 2), sublinear_tf=True, min_df=1)),
+            ("svm", LinearSVC(C=1.0)),
+        ]
+    )
     model.fit([e.text for e in train], [str(e.label) for e in train])
     train_s = time.perf_counter() - started
     predicted = model.predict([e.text for e in test])
     labels = sorted({str(e.label) for e in train} | {str(e.label) for e in test})
     index = {name: i for i, name in enumerate(labels)}
-    metrics = classification_metrics([index[str(e.label)] for e in test],
-                                      [index[str(p)] for p in predicted])
+    metrics = classification_metrics(
+        [index[str(e.label)] for e in test], [index[str(p)] for p in predicted]
+    )
     svm = model.named_steps["svm"]
     return {
         "metrics": metrics,
@@ -342,18 +395,34 @@ def svm_calls(model: Pipeline, texts: list[str]) -> dict[str, Any]:
     return {"batch_1": lambda: model.predict(pool[:1]), "batch_32": lambda: model.predict(pool)}
 
 
-def row(dataset: str, model: str, variant: str, scored: dict[str, Any],
-        teacher: dict[str, Any] | None, **extra: Any) -> dict[str, Any]:
+def row(
+    dataset: str,
+    model: str,
+    variant: str,
+    scored: dict[str, Any],
+    teacher: dict[str, Any] | None,
+    **extra: Any,
+) -> dict[str, Any]:
     m = scored["metrics"]
-    out: dict[str, Any] = {"dataset": dataset, "model": model, "variant": variant,
-                           "accuracy": m["accuracy"], "macro_f1": m["macro_f1"], "mcc": m["mcc"]}
+    out: dict[str, Any] = {
+        "dataset": dataset,
+        "model": model,
+        "variant": variant,
+        "accuracy": m["accuracy"],
+        "macro_f1": m["macro_f1"],
+        "mcc": m["mcc"],
+    }
     tm = teacher["metrics"] if teacher else m
     out["retention"] = m["accuracy"] / tm["accuracy"] if tm["accuracy"] else None
     out["retention_macro_f1"] = m["macro_f1"] / tm["macro_f1"] if tm["macro_f1"] else None
     out.update({k: scored[k] for k in ("parameters", "size_bytes", "test_examples")})
     # filled in at the end, when every architecture is timed in one interleaved block
-    out.update(latency_key=scored["latency_key"], latency_ms=None, speedup=None,
-               teacher_latency_key=(teacher or scored)["latency_key"])
+    out.update(
+        latency_key=scored["latency_key"],
+        latency_ms=None,
+        speedup=None,
+        teacher_latency_key=(teacher or scored)["latency_key"],
+    )
     out.update(extra)
     return out
 
@@ -361,66 +430,132 @@ def row(dataset: str, model: str, variant: str, scored: dict[str, Any],
 def parse_args(argv: list[str] | None) -> tuple[Settings, Path | None]:
     p = argparse.ArgumentParser(description=(__doc__ or "").split("\n\n")[0])
     p.add_argument("--datasets", type=_names, default=list(DATASETS))
-    p.add_argument("--students", type=_names, default=list(STUDENTS),
-                   help=f"of {sorted(PRESETS)}")
+    p.add_argument("--students", type=_names, default=list(STUDENTS), help=f"of {sorted(PRESETS)}")
     p.add_argument("--variants", type=_names, default=list(VARIANTS), help=f"of {list(VARIANTS)}")
-    p.add_argument("--train-limit", type=int, default=DEFAULT_TRAIN_LIMIT,
-                   help="training examples per dataset, stratified; 0 = all")
-    p.add_argument("--dev-limit", type=int, default=DEFAULT_DEV_LIMIT,
-                   help="validation examples the engine scores at the end; 0 = all")
+    p.add_argument(
+        "--train-limit",
+        type=int,
+        default=DEFAULT_TRAIN_LIMIT,
+        help="training examples per dataset, stratified; 0 = all",
+    )
+    p.add_argument(
+        "--dev-limit",
+        type=int,
+        default=DEFAULT_DEV_LIMIT,
+        help="validation examples the engine scores at the end; 0 = all",
+    )
     p.add_argument("--test-limit", type=int, default=0, help="test examples; 0 = all")
-    p.add_argument("--epochs-scale", type=float, default=DEFAULT_EPOCHS_SCALE,
-                   help="multiplies the engine recipe's epochs of every stage")
-    p.add_argument("--intermediate-epochs", type=int, default=DEFAULT_INTERMEDIATE_EPOCHS,
-                   help="students' intermediate-layer epochs; 0 = recipe x --epochs-scale")
-    p.add_argument("--prediction-epochs", type=int, default=DEFAULT_PREDICTION_EPOCHS,
-                   help="students' prediction-layer epochs; 0 = recipe x --epochs-scale")
-    p.add_argument("--warm-learning-rate", type=float, default=0.0,
-                   help="rate of both task stages for a student that starts near the teacher "
-                   "(ws+tinybert, gd+tinybert); 0 = the engine recipe's 5e-5 / 3e-5")
-    p.add_argument("--teacher-learning-rate", type=float, default=DEFAULT_TEACHER_LEARNING_RATE,
-                   help="peak rate of the teacher's fine-tuning; 0 = the engine recipe's "
-                   "for the teacher's width")
-    p.add_argument("--teacher-epochs", type=int, default=DEFAULT_TEACHER_EPOCHS,
-                   help="epochs of the teacher's fine-tuning; 0 = recipe x --epochs-scale")
+    p.add_argument(
+        "--epochs-scale",
+        type=float,
+        default=DEFAULT_EPOCHS_SCALE,
+        help="multiplies the engine recipe's epochs of every stage",
+    )
+    p.add_argument(
+        "--intermediate-epochs",
+        type=int,
+        default=DEFAULT_INTERMEDIATE_EPOCHS,
+        help="students' intermediate-layer epochs; 0 = recipe x --epochs-scale",
+    )
+    p.add_argument(
+        "--prediction-epochs",
+        type=int,
+        default=DEFAULT_PREDICTION_EPOCHS,
+        help="students' prediction-layer epochs; 0 = recipe x --epochs-scale",
+    )
+    p.add_argument(
+        "--warm-learning-rate",
+        type=float,
+        default=0.0,
+        help="rate of both task stages for a student that starts near the teacher "
+        "(ws+tinybert, gd+tinybert); 0 = the engine recipe's 5e-5 / 3e-5",
+    )
+    p.add_argument(
+        "--teacher-learning-rate",
+        type=float,
+        default=DEFAULT_TEACHER_LEARNING_RATE,
+        help="peak rate of the teacher's fine-tuning; 0 = the engine recipe's "
+        "for the teacher's width",
+    )
+    p.add_argument(
+        "--teacher-epochs",
+        type=int,
+        default=DEFAULT_TEACHER_EPOCHS,
+        help="epochs of the teacher's fine-tuning; 0 = recipe x --epochs-scale",
+    )
     p.add_argument("--max-seq-length", type=int, default=DEFAULT_MAX_SEQ_LENGTH)
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--general-datasets", type=_names, default=list(GENERAL_DATASETS))
-    p.add_argument("--general-limit", type=int, default=DEFAULT_GENERAL_LIMIT,
-                   help="pooled unlabelled texts for general distillation; 0 = all")
+    p.add_argument(
+        "--general-limit",
+        type=int,
+        default=DEFAULT_GENERAL_LIMIT,
+        help="pooled unlabelled texts for general distillation; 0 = all",
+    )
     p.add_argument("--latency-runs", type=int, default=20, help="timed runs at batch 1")
-    p.add_argument("--jobs", type=int, default=2,
-                   help="worker processes that train side by side (one per core)")
-    p.add_argument("--threads", type=int, default=1,
-                   help="torch intra-op threads for training and latency; 0 = torch's default")
+    p.add_argument(
+        "--jobs",
+        type=int,
+        default=2,
+        help="worker processes that train side by side (one per core)",
+    )
+    p.add_argument(
+        "--threads",
+        type=int,
+        default=1,
+        help="torch intra-op threads for training and latency; 0 = torch's default",
+    )
     p.add_argument("--seed", type=int, default=42)
     p.add_argument("--quick", action="store_true", help=f"tiny smoke config: {QUICK}")
     p.add_argument("--data-dir", type=Path, default=DATASETS_DIR)
-    p.add_argument("--workdir", type=Path, default=None,
-                   help="keep the engine's work folders here (default: a temp folder, removed)")
+    p.add_argument(
+        "--workdir",
+        type=Path,
+        default=None,
+        help="keep the engine's work folders here (default: a temp folder, removed)",
+    )
     p.add_argument("--out", type=Path, default=RESULTS_DIR / "quality.json")
     if p.parse_known_args(argv)[0].quick:
         p.set_defaults(**QUICK)
     a = p.parse_args(argv)
-    for bad, what in (([x for x in a.students if x not in PRESETS], "students"),
-                      ([x for x in a.variants if x not in VARIANTS], "variants"),
-                      ([x for x in a.datasets + a.general_datasets
-                        if not (a.data_dir / x / "train.jsonl").is_file()], "datasets")):
+    for bad, what in (
+        ([x for x in a.students if x not in PRESETS], "students"),
+        ([x for x in a.variants if x not in VARIANTS], "variants"),
+        (
+            [
+                x
+                for x in a.datasets + a.general_datasets
+                if not (a.data_dir / x / "train.jsonl").is_file()
+            ],
+            "datasets",
+        ),
+    ):
         if bad:
             p.error(f"unknown {what}: {bad}")
     settings = Settings(
-        datasets=a.datasets, students=a.students, variants=a.variants,
-        train_limit=a.train_limit or None, dev_limit=a.dev_limit or None,
-        test_limit=a.test_limit or None, epochs_scale=a.epochs_scale,
+        datasets=a.datasets,
+        students=a.students,
+        variants=a.variants,
+        train_limit=a.train_limit or None,
+        dev_limit=a.dev_limit or None,
+        test_limit=a.test_limit or None,
+        epochs_scale=a.epochs_scale,
         intermediate_epochs=a.intermediate_epochs or None,
         prediction_epochs=a.prediction_epochs or None,
         warm_learning_rate=a.warm_learning_rate or None,
         teacher_epochs=a.teacher_epochs or None,
         teacher_learning_rate=a.teacher_learning_rate or None,
-        max_seq_length=a.max_seq_length, batch_size=a.batch_size,
-        general_datasets=a.general_datasets, general_limit=a.general_limit or None,
-        latency_runs=a.latency_runs, threads=a.threads, jobs=a.jobs, seed=a.seed, quick=a.quick,
-        data_dir=str(a.data_dir), out=str(a.out),
+        max_seq_length=a.max_seq_length,
+        batch_size=a.batch_size,
+        general_datasets=a.general_datasets,
+        general_limit=a.general_limit or None,
+        latency_runs=a.latency_runs,
+        threads=a.threads,
+        jobs=a.jobs,
+        seed=a.seed,
+        quick=a.quick,
+        data_dir=str(a.data_dir),
+        out=str(a.out),
     )
     return settings, a.workdir
 
@@ -431,8 +566,11 @@ def _names(value: str) -> list[str]:
 
 def general_pool(s: Settings) -> list[Example]:
     """Unlabelled training texts of the shared datasets, an even random sample of them."""
-    pool = [Example(text=e.text) for d in s.general_datasets
-            for e in read_split(d, "train", Path(s.data_dir))]
+    pool = [
+        Example(text=e.text)
+        for d in s.general_datasets
+        for e in read_split(d, "train", Path(s.data_dir))
+    ]
     rng = random.Random(s.seed)
     rng.shuffle(pool)
     return pool[: s.general_limit] if s.general_limit else pool
@@ -440,9 +578,11 @@ def general_pool(s: Settings) -> list[Example]:
 
 def splits(s: Settings, dataset: str) -> tuple[list[Example], list[Example], list[Example]]:
     data_dir = Path(s.data_dir)
-    return (stratified_limit(read_split(dataset, "train", data_dir), s.train_limit, seed=s.seed),
-            stratified_limit(read_split(dataset, "dev", data_dir), s.dev_limit, seed=s.seed),
-            stratified_limit(read_split(dataset, "test", data_dir), s.test_limit, seed=s.seed))
+    return (
+        stratified_limit(read_split(dataset, "train", data_dir), s.train_limit, seed=s.seed),
+        stratified_limit(read_split(dataset, "dev", data_dir), s.dev_limit, seed=s.seed),
+        stratified_limit(read_split(dataset, "test", data_dir), s.test_limit, seed=s.seed),
+    )
 
 
 # --- the work, in tasks a pool of processes runs (each its own torch, on --threads threads) ----
@@ -471,40 +611,75 @@ def teacher_task(s: Settings, work: Path, dataset: str) -> dict[str, Any]:
     teacher_dir, timing = finetune_teacher(dataset, train, dev, s=s, work=work)
     teacher = score(teacher_dir, test, s)
     svm = tfidf_svm(train, test) if "tfidf-svm" in s.variants else None
-    return {"dataset": dataset, "dir": teacher_dir, "timing": timing, "scored": teacher,
-            "svm": svm, "train_examples": len(train)}
+    return {
+        "dataset": dataset,
+        "dir": teacher_dir,
+        "timing": timing,
+        "scored": teacher,
+        "svm": svm,
+        "train_examples": len(train),
+    }
 
 
-def students_task(s: Settings, work: Path, dataset: str, student: str, teacher: dict[str, Any],
-                  general: dict[str, Any] | None, keep: bool) -> dict[str, Any]:
+def students_task(
+    s: Settings,
+    work: Path,
+    dataset: str,
+    student: str,
+    teacher: dict[str, Any],
+    general: dict[str, Any] | None,
+    keep: bool,
+) -> dict[str, Any]:
     """Every network variant of one student on one dataset, scored on the test split."""
     train, dev, test = splits(s, dataset)
     rows, runs, configs = [], [], {}
     for variant in [v for v in s.variants if v != "tfidf-svm"]:
         label = f"{dataset}/{student}/{variant}"
-        config = variant_config(variant, student, n=len(train), s=s,
-                                init_model=general["dir"] if general else None)
+        config = variant_config(
+            variant, student, n=len(train), s=s, init_model=general["dir"] if general else None
+        )
         workdir = work / dataset / student / variant
-        result, timing = engine_run(label, config, teacher=teacher["dir"], train=train,
-                                    validation=dev, workdir=workdir)
+        result, timing = engine_run(
+            label, config, teacher=teacher["dir"], train=train, validation=dev, workdir=workdir
+        )
         scored = score(result.export_dir, test, s)
         configs.setdefault(scored["arch"], scored.pop("config"))
         train_s = timing["wall_s"]
         if variant == "gd+tinybert" and general:
             train_s += general["timing"]["wall_s"]  # shared across datasets
-        rows.append(row(dataset, student, variant, scored, teacher["scored"], train_wall_s=train_s,
-                        train_examples=len(train),
-                        engine_validation_accuracy=result.metrics["student"]["accuracy"]))
+        rows.append(
+            row(
+                dataset,
+                student,
+                variant,
+                scored,
+                teacher["scored"],
+                train_wall_s=train_s,
+                train_examples=len(train),
+                engine_validation_accuracy=result.metrics["student"]["accuracy"],
+            )
+        )
         distill = config.distillation
-        runs.append({
-            "dataset": dataset, "model": student, "variant": variant, **timing,
-            "student_init": config.student.init,
-            "stages": {k: {"epochs": getattr(distill, k).epochs,
-                           "learning_rate": getattr(distill, k).learning_rate}
-                       for k in ("intermediate", "prediction") if getattr(distill, k).enabled},
-            "engine_validation": {k: result.metrics.get(k) for k in
-                                  ("teacher", "student", "retention")},
-        })
+        runs.append(
+            {
+                "dataset": dataset,
+                "model": student,
+                "variant": variant,
+                **timing,
+                "student_init": config.student.init,
+                "stages": {
+                    k: {
+                        "epochs": getattr(distill, k).epochs,
+                        "learning_rate": getattr(distill, k).learning_rate,
+                    }
+                    for k in ("intermediate", "prediction")
+                    if getattr(distill, k).enabled
+                },
+                "engine_validation": {
+                    k: result.metrics.get(k) for k in ("teacher", "student", "retention")
+                },
+            }
+        )
         if not keep:
             shutil.rmtree(workdir)
     return {"rows": rows, "runs": runs, "configs": configs}
@@ -523,25 +698,50 @@ class Bench:
         self.env = environment()
 
     def save(self, *, finished: bool) -> None:
-        order = {name: i for i, name in enumerate(
-            [*self.s.datasets, TEACHER_NAME, "tfidf-svm", *self.s.students,
-             "fine-tuned teacher", *VARIANTS])}
-        self.rows.sort(key=lambda r: (order.get(r["dataset"], 99), order.get(r["model"], 99),
-                                      order.get(r["variant"], 99)))
-        write_json(Path(self.s.out), {
-            "benchmark": "quality", "finished": finished,
-            "wall_s": time.perf_counter() - self.started,
-            "teacher": TEACHER_NAME, "settings": asdict(self.s), "environment": self.env,
-            "results": self.rows, "general_distillation": self.general, "runs": self.runs,
-        })
+        order = {
+            name: i
+            for i, name in enumerate(
+                [
+                    *self.s.datasets,
+                    TEACHER_NAME,
+                    "tfidf-svm",
+                    *self.s.students,
+                    "fine-tuned teacher",
+                    *VARIANTS,
+                ]
+            )
+        }
+        self.rows.sort(
+            key=lambda r: (
+                order.get(r["dataset"], 99),
+                order.get(r["model"], 99),
+                order.get(r["variant"], 99),
+            )
+        )
+        write_json(
+            Path(self.s.out),
+            {
+                "benchmark": "quality",
+                "finished": finished,
+                "wall_s": time.perf_counter() - self.started,
+                "teacher": TEACHER_NAME,
+                "settings": asdict(self.s),
+                "environment": self.env,
+                "results": self.rows,
+                "general_distillation": self.general,
+                "runs": self.runs,
+            },
+        )
 
     def measure_latency(self) -> None:
         """Time every architecture (and each SVM) round-robin, then fill in the rows."""
         if not self.rows:
             return
         log(f"timing {len(self.latency_calls)} models, interleaved")
-        calls = {k: v if isinstance(v, dict) else forward_calls(v, seed=self.s.seed)
-                 for k, v in self.latency_calls.items()}
+        calls = {
+            k: v if isinstance(v, dict) else forward_calls(v, seed=self.s.seed)
+            for k, v in self.latency_calls.items()
+        }
         measured = interleaved_latency(calls, runs=self.s.latency_runs)
         for r in self.rows:
             mine, teacher = measured[r["latency_key"]], measured[r["teacher_latency_key"]]
@@ -553,8 +753,12 @@ class Bench:
         distillation (independent of each other), then each (dataset, student) pair's variants,
         the longest first so the pool ends together."""
         context = multiprocessing.get_context("spawn")  # a fresh torch per process, no fork
-        pool = ProcessPoolExecutor(max_workers=self.s.jobs, mp_context=context,
-                                   initializer=_worker_init, initargs=(self.s.threads,))
+        pool = ProcessPoolExecutor(
+            max_workers=self.s.jobs,
+            mp_context=context,
+            initializer=_worker_init,
+            initargs=(self.s.threads,),
+        )
         try:
             self._run_waves(pool)
         except BaseException:
@@ -582,13 +786,17 @@ class Bench:
 
         def cost(pair: tuple[str, str]) -> float:
             dims = PRESETS[pair[1]]
-            return teachers[pair[0]]["train_examples"] * (1 + dims.num_layers * dims.hidden_size
-                                                         / 312)
+            return teachers[pair[0]]["train_examples"] * (
+                1 + dims.num_layers * dims.hidden_size / 312
+            )
 
-        pairs = sorted(((d, st) for d in s.datasets for st in s.students), key=cost,
-                       reverse=True)
-        second = [pool.submit(students_task, s, self.work, d, st, teachers[d],
-                              self.general.get(st), self.keep) for d, st in pairs]
+        pairs = sorted(((d, st) for d in s.datasets for st in s.students), key=cost, reverse=True)
+        second = [
+            pool.submit(
+                students_task, s, self.work, d, st, teachers[d], self.general.get(st), self.keep
+            )
+            for d, st in pairs
+        ]
         for future in as_completed(second):
             done = future.result()
             self.rows += done["rows"]
@@ -599,39 +807,87 @@ class Bench:
 
     def _add_teacher(self, t: dict[str, Any]) -> None:
         dataset, teacher = t["dataset"], t["scored"]
-        self.runs.append({"dataset": dataset, "model": TEACHER_NAME, "variant": "teacher",
-                          **t["timing"]})
+        self.runs.append(
+            {"dataset": dataset, "model": TEACHER_NAME, "variant": "teacher", **t["timing"]}
+        )
         self.latency_calls.setdefault(teacher["latency_key"], teacher.pop("config"))
-        self.rows.append(row(dataset, TEACHER_NAME, "fine-tuned teacher", teacher, None,
-                             train_wall_s=t["timing"]["wall_s"],
-                             train_examples=t["train_examples"]))
+        self.rows.append(
+            row(
+                dataset,
+                TEACHER_NAME,
+                "fine-tuned teacher",
+                teacher,
+                None,
+                train_wall_s=t["timing"]["wall_s"],
+                train_examples=t["train_examples"],
+            )
+        )
         if (svm := t["svm"]) is not None:
             svm["latency_key"] = f"tfidf-svm/{dataset}"
             _, _, test = splits(self.s, dataset)
-            self.latency_calls[svm["latency_key"]] = svm_calls(svm.pop("model"),
-                                                               [e.text for e in test])
-            self.rows.append(row(dataset, "tfidf-svm", "tfidf-svm", svm, teacher,
-                                 train_wall_s=svm.pop("train_wall_s"),
-                                 features=svm.pop("features"),
-                                 train_examples=t["train_examples"]))
+            self.latency_calls[svm["latency_key"]] = svm_calls(
+                svm.pop("model"), [e.text for e in test]
+            )
+            self.rows.append(
+                row(
+                    dataset,
+                    "tfidf-svm",
+                    "tfidf-svm",
+                    svm,
+                    teacher,
+                    train_wall_s=svm.pop("train_wall_s"),
+                    features=svm.pop("features"),
+                    train_examples=t["train_examples"],
+                )
+            )
 
 
 def report(b: Bench, *, finished: bool) -> None:
     s = b.s
-    header = ["dataset", "model", "variant", "acc", "macro-F1", "ret. acc", "ret. F1", "params",
-              "size MB", "b1 ms", "b32 ms", "speed-up b1", "speed-up b32", "train s"]
+    header = [
+        "dataset",
+        "model",
+        "variant",
+        "acc",
+        "macro-F1",
+        "ret. acc",
+        "ret. F1",
+        "params",
+        "size MB",
+        "b1 ms",
+        "b32 ms",
+        "speed-up b1",
+        "speed-up b32",
+        "train s",
+    ]
 
     def lat(r: dict[str, Any], key: str, batch: str) -> float | None:
         v = r.get(key) or {}
         return v.get(batch, {}).get("median") if key == "latency_ms" else v.get(batch)
 
-    rows = [[r["dataset"], r["model"], r["variant"], r["accuracy"], r["macro_f1"],
-             r["retention"], r["retention_macro_f1"], r["parameters"], r["size_bytes"] / 1e6,
-             lat(r, "latency_ms", "batch_1"), lat(r, "latency_ms", "batch_32"),
-             lat(r, "speedup", "batch_1"), lat(r, "speedup", "batch_32"), r["train_wall_s"]]
-            for r in b.rows]
-    title = ("TEST split; ret. = student/teacher; latency = CPU median ms of one forward, seq 128; "
-             "train s = wall time of that model's engine run(s)")
+    rows = [
+        [
+            r["dataset"],
+            r["model"],
+            r["variant"],
+            r["accuracy"],
+            r["macro_f1"],
+            r["retention"],
+            r["retention_macro_f1"],
+            r["parameters"],
+            r["size_bytes"] / 1e6,
+            lat(r, "latency_ms", "batch_1"),
+            lat(r, "latency_ms", "batch_32"),
+            lat(r, "speedup", "batch_1"),
+            lat(r, "speedup", "batch_32"),
+            r["train_wall_s"],
+        ]
+        for r in b.rows
+    ]
+    title = (
+        "TEST split; ret. = student/teacher; latency = CPU median ms of one forward, seq 128; "
+        "train s = wall time of that model's engine run(s)"
+    )
     if s.quick:
         title = "SMOKE (--quick, numbers mean nothing) " + title
     table(title, header, rows)

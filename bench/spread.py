@@ -47,8 +47,10 @@ class Losses:
             return
         self.rows.append({"stage": p.stage, "step": p.step, **p.losses})
         if p.step % 25 == 0:
-            log(f"{time.perf_counter() - self.started:.0f} s {p.stage} {p.step}/{p.total_steps} "
-                + " ".join(f"{k} {v:.4f}" for k, v in p.losses.items()))
+            log(
+                f"{time.perf_counter() - self.started:.0f} s {p.stage} {p.step}/{p.total_steps} "
+                + " ".join(f"{k} {v:.4f}" for k, v in p.losses.items())
+            )
 
     def on_event(self, e: Event) -> None:
         pass
@@ -61,7 +63,8 @@ def spread(model_dir: Path, tokenizer_dir: Path, texts: list[str], max_length: i
     from transformers import AutoModel, AutoTokenizer
 
     enc = AutoTokenizer.from_pretrained(tokenizer_dir)(
-        texts, padding=True, truncation=True, max_length=max_length, return_tensors="pt")
+        texts, padding=True, truncation=True, max_length=max_length, return_tensors="pt"
+    )
     model = AutoModel.from_pretrained(model_dir).eval()
     with torch.no_grad():
         states = model(**enc, output_hidden_states=True).hidden_states
@@ -69,10 +72,14 @@ def spread(model_dir: Path, tokenizer_dir: Path, texts: list[str], max_length: i
     layers = []
     for x in states:  # [0] is the embedding output
         cls, tokens = x[:, 0], x[real]
-        layers.append({"token_std": float(tokens.std(0).mean()),
-                       "cls_std": float(cls.std(0).mean()),
-                       "mean_norm": float(tokens.mean(0).norm()),
-                       "state_norm": float(cls.norm(dim=-1).mean())})
+        layers.append(
+            {
+                "token_std": float(tokens.std(0).mean()),
+                "cls_std": float(cls.std(0).mean()),
+                "mean_norm": float(tokens.mean(0).norm()),
+                "state_norm": float(cls.norm(dim=-1).mean()),
+            }
+        )
     return layers
 
 
@@ -83,8 +90,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--init", default="random", help="student.init")
     p.add_argument("--intermediate-epochs", type=int, default=1)
     p.add_argument("--prediction-epochs", type=int, default=0, help="0: no prediction stage")
-    p.add_argument("--learning-rate", type=float, default=Q.SCRATCH_LEARNING_RATE,
-                   help="both stages; 0 = the engine recipe's")
+    p.add_argument(
+        "--learning-rate",
+        type=float,
+        default=Q.SCRATCH_LEARNING_RATE,
+        help="both stages; 0 = the engine recipe's",
+    )
     p.add_argument("--sample", type=int, default=256, help="test texts to measure on")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--workdir", type=Path, default=Path("/tmp/distillery-spread"))
@@ -102,32 +113,61 @@ def main(argv: list[str] | None = None) -> int:
         return StageConfig(epochs=epochs, learning_rate=a.learning_rate or None)
 
     config = Q.base_config(
-        s, student=StudentConfig(preset="tinybert-4l-312d", init=a.init),  # type: ignore[arg-type]
-        distillation=DistillationConfig(intermediate=stage(a.intermediate_epochs),
-                                        prediction=stage(a.prediction_epochs),
-                                        weights=LossWeights()))
+        s,
+        student=StudentConfig(preset="tinybert-4l-312d", init=a.init),  # type: ignore[arg-type]
+        distillation=DistillationConfig(
+            intermediate=stage(a.intermediate_epochs),
+            prediction=stage(a.prediction_epochs),
+            weights=LossWeights(),
+        ),
+    )
     losses = Losses()
-    result = run(config, teacher=str(teacher), train=train, validation=dev,
-                 workdir=a.workdir / name, callbacks=losses)
+    result = run(
+        config,
+        teacher=str(teacher),
+        train=train,
+        validation=dev,
+        workdir=a.workdir / name,
+        callbacks=losses,
+    )
     texts = [e.text for e in test[: a.sample]]
-    measured = {"teacher": spread(teacher, teacher, texts, s.max_seq_length),
-                "student": spread(result.export_dir, teacher, texts, s.max_seq_length)}
+    measured = {
+        "teacher": spread(teacher, teacher, texts, s.max_seq_length),
+        "student": spread(result.export_dir, teacher, texts, s.max_seq_length),
+    }
     # student layer m beside the teacher layer g(m) it was matched to (0: the embeddings)
-    mapping = [0, *layer_map("uniform", teacher_layers=len(measured["teacher"]) - 1,
-                             student_layers=len(measured["student"]) - 1)]
-    print(f"\n{name}: student layer (teacher layer): token_std teacher / student, "
-          "cls_std teacher / student, mean_norm/state_norm teacher | student")
+    mapping = [
+        0,
+        *layer_map(
+            "uniform",
+            teacher_layers=len(measured["teacher"]) - 1,
+            student_layers=len(measured["student"]) - 1,
+        ),
+    ]
+    print(
+        f"\n{name}: student layer (teacher layer): token_std teacher / student, "
+        "cls_std teacher / student, mean_norm/state_norm teacher | student"
+    )
     for m, st in enumerate(measured["student"]):
         t = measured["teacher"][mapping[m]]
-        print(f"  {m} ({mapping[m]}): {t['token_std']:.3f} / {st['token_std']:.3f}   "
-              f"{t['cls_std']:.3f} / {st['cls_std']:.3f}   "
-              f"{t['mean_norm']:.1f}/{t['state_norm']:.1f} | "
-              f"{st['mean_norm']:.1f}/{st['state_norm']:.1f}")
+        print(
+            f"  {m} ({mapping[m]}): {t['token_std']:.3f} / {st['token_std']:.3f}   "
+            f"{t['cls_std']:.3f} / {st['cls_std']:.3f}   "
+            f"{t['mean_norm']:.1f}/{t['state_norm']:.1f} | "
+            f"{st['mean_norm']:.1f}/{st['state_norm']:.1f}"
+        )
     payload: dict[str, Any] = {
-        "settings": {**vars(a), "teacher": str(teacher), "workdir": str(a.workdir),
-                     "train_examples": len(train), "max_seq_length": s.max_seq_length},
-        "last_losses": {stage: next(r for r in reversed(losses.rows) if r["stage"] == stage)
-                        for stage in {r["stage"] for r in losses.rows}},
+        "settings": {
+            **vars(a),
+            "teacher": str(teacher),
+            "workdir": str(a.workdir),
+            "train_examples": len(train),
+            "max_seq_length": s.max_seq_length,
+        },
+        "last_losses": {
+            stage: next(r for r in reversed(losses.rows) if r["stage"] == stage)
+            for stage in {r["stage"] for r in losses.rows}
+        },
         "spread": measured,
     }
     if a.prediction_epochs:

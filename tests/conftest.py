@@ -17,23 +17,29 @@ _RUN = str(os.getpid())
 _TMP = Path(tempfile.mkdtemp(prefix="distillery-tests-"))
 PG_ADMIN_URL = os.environ.get("DISTILLERY_TEST_PG", "postgresql://postgres@127.0.0.1:5432/postgres")
 TEST_DB = f"distillery_test_{_RUN}"
-os.environ.update({
-    "DISTILLERY_DATABASE_URL": PG_ADMIN_URL.rsplit("/", 1)[0].replace(
-        "postgresql://", "postgresql+psycopg://") + f"/{TEST_DB}",
-    "DISTILLERY_BROKER_URL": os.environ.get("DISTILLERY_TEST_REDIS", "redis://127.0.0.1:6379/15"),
-    "DISTILLERY_QUEUE_NAME": f"distill-test-{_RUN}",
-    "DISTILLERY_WEBHOOK_QUEUE_NAME": f"webhooks-test-{_RUN}",
-    "DISTILLERY_STORAGE_DIR": str(_TMP / "storage"),
-    "DISTILLERY_MODEL_DIR": str(_TMP / "models"),
-    "HF_HUB_OFFLINE": "1",
-    # Recovery in seconds rather than minutes, so the crash tests stay short.
-    "DISTILLERY_HEARTBEAT_INTERVAL_SECONDS": "0.5",
-    "DISTILLERY_HEARTBEAT_STALE_SECONDS": "4",
-    "DISTILLERY_BROKER_VISIBILITY_TIMEOUT_SECONDS": "6",
-    "TOKENIZERS_PARALLELISM": "false",
-    # Tiny models gain nothing from threads; on 2 shared cores they thrash instead.
-    "OMP_NUM_THREADS": "1",
-})
+os.environ.update(
+    {
+        "DISTILLERY_DATABASE_URL": PG_ADMIN_URL.rsplit("/", 1)[0].replace(
+            "postgresql://", "postgresql+psycopg://"
+        )
+        + f"/{TEST_DB}",
+        "DISTILLERY_BROKER_URL": os.environ.get(
+            "DISTILLERY_TEST_REDIS", "redis://127.0.0.1:6379/15"
+        ),
+        "DISTILLERY_QUEUE_NAME": f"distill-test-{_RUN}",
+        "DISTILLERY_WEBHOOK_QUEUE_NAME": f"webhooks-test-{_RUN}",
+        "DISTILLERY_STORAGE_DIR": str(_TMP / "storage"),
+        "DISTILLERY_MODEL_DIR": str(_TMP / "models"),
+        "HF_HUB_OFFLINE": "1",
+        # Recovery in seconds rather than minutes, so the crash tests stay short.
+        "DISTILLERY_HEARTBEAT_INTERVAL_SECONDS": "0.5",
+        "DISTILLERY_HEARTBEAT_STALE_SECONDS": "4",
+        "DISTILLERY_BROKER_VISIBILITY_TIMEOUT_SECONDS": "6",
+        "TOKENIZERS_PARALLELISM": "false",
+        # Tiny models gain nothing from threads; on 2 shared cores they thrash instead.
+        "OMP_NUM_THREADS": "1",
+    }
+)
 
 import psycopg  # noqa: E402
 import pytest  # noqa: E402
@@ -99,8 +105,9 @@ def queue(redis_client: redis.Redis) -> Iterator[redis.Redis]:
 def db_session(database: str) -> Iterator[Session]:
     connection = get_engine().connect()
     outer = connection.begin()
-    session = Session(bind=connection, join_transaction_mode="create_savepoint",
-                      expire_on_commit=False)
+    session = Session(
+        bind=connection, join_transaction_mode="create_savepoint", expire_on_commit=False
+    )
     yield session
     session.close()
     outer.rollback()
@@ -141,16 +148,20 @@ def committing_client(api_key: str) -> Iterator[TestClient]:
 
 @pytest.fixture(scope="session")
 def tiny_texts() -> list[str]:
-    rows = [r for split in ("train", "dev", "test")
-            for r in read_jsonl(TINY_SENTIMENT / f"{split}.jsonl")]
+    rows = [
+        r
+        for split in ("train", "dev", "test")
+        for r in read_jsonl(TINY_SENTIMENT / f"{split}.jsonl")
+    ]
     return [str(r["text"]) for r in rows]
 
 
 @pytest.fixture(scope="session")
 def tiny_teacher_dir(tiny_texts: list[str], tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A tiny BERT without a task head (so a job fine-tunes it first)."""
-    return save_tiny_bert(tmp_path_factory.mktemp("teacher") / "tiny-bert", tiny_vocab(tiny_texts),
-                          head=None)
+    return save_tiny_bert(
+        tmp_path_factory.mktemp("teacher") / "tiny-bert", tiny_vocab(tiny_texts), head=None
+    )
 
 
 def pytest_sessionstart(session: pytest.Session) -> None:

@@ -11,5 +11,8 @@ from app.jobs.models import Job
 
 def cancel_stray_queued_jobs() -> None:
     with session_factory().begin() as s:
-        s.execute(update(Job).where(Job.status == "queued")
-                  .values(status="cancelled", cancel_requested=True, finished_at=utcnow()))
+        s.execute(
+            update(Job)
+            .where(Job.status == "queued")
+            .values(status="cancelled", cancel_requested=True, finished_at=utcnow())
+        )

@@ -17,19 +17,26 @@ app.conf.update(
     task_ignore_result=True,
     worker_prefetch_multiplier=1,
     task_default_queue=settings.queue_name,
-    task_routes={"distillery.run_job": {"queue": settings.queue_name},
-                 "distillery.deliver_webhook": {"queue": settings.webhook_queue_name},
-                 "distillery.reap_stale_jobs": {"queue": settings.webhook_queue_name}},
+    task_routes={
+        "distillery.run_job": {"queue": settings.queue_name},
+        "distillery.deliver_webhook": {"queue": settings.webhook_queue_name},
+        "distillery.reap_stale_jobs": {"queue": settings.webhook_queue_name},
+    },
     task_time_limit=settings.task_time_limit_seconds,
     broker_connection_retry_on_startup=True,
 )
 if settings.broker_url.startswith(("redis://", "rediss://")):
     # Redis redelivers an unacked message (its worker died) after this.
     app.conf.broker_transport_options = {
-        "visibility_timeout": settings.broker_visibility_timeout_seconds}
+        "visibility_timeout": settings.broker_visibility_timeout_seconds
+    }
 app.conf.beat_schedule = {
-    "reap-stale-jobs": {"task": "distillery.reap_stale_jobs",
-                        "schedule": settings.reaper_interval_seconds,
-                        "options": {"queue": settings.webhook_queue_name,
-                                    "expires": settings.reaper_interval_seconds}},
+    "reap-stale-jobs": {
+        "task": "distillery.reap_stale_jobs",
+        "schedule": settings.reaper_interval_seconds,
+        "options": {
+            "queue": settings.webhook_queue_name,
+            "expires": settings.reaper_interval_seconds,
+        },
+    },
 }

@@ -26,18 +26,35 @@ def worker_identity(hostname: str) -> str:
 
 
 def _give_up(s: Session, job: Job, *, guard: dict[str, Any], settings: Settings) -> bool:
-    message = (f"the job's worker was lost {job.attempts} times "
-               f"(the limit is {settings.max_attempts}); giving up")
-    if repository.transition(s, job.id, to_status=JobStatus.failed, error_code="worker_lost",
-                             error_message=message, finished_at=utcnow(), **guard):
-        repository.add_event(s, job_id=job.id, tenant_id=job.tenant_id, type="job_failed",
-                             message=message, data={"code": "worker_lost"}, level="error")
+    message = (
+        f"the job's worker was lost {job.attempts} times "
+        f"(the limit is {settings.max_attempts}); giving up"
+    )
+    if repository.transition(
+        s,
+        job.id,
+        to_status=JobStatus.failed,
+        error_code="worker_lost",
+        error_message=message,
+        finished_at=utcnow(),
+        **guard,
+    ):
+        repository.add_event(
+            s,
+            job_id=job.id,
+            tenant_id=job.tenant_id,
+            type="job_failed",
+            message=message,
+            data={"code": "worker_lost"},
+            level="error",
+        )
         return True
     return False
 
 
-def claim(sessions: sessionmaker[Session], job_id: str, *, worker: str,
-          settings: Settings | None = None) -> Job | None:
+def claim(
+    sessions: sessionmaker[Session], job_id: str, *, worker: str, settings: Settings | None = None
+) -> Job | None:
     """Make `worker` the job's one owner, or return None.
 
     queued -> running; or a running job whose heartbeat went stale (its worker died) is
@@ -52,25 +69,44 @@ def claim(sessions: sessionmaker[Session], job_id: str, *, worker: str,
             return None
         now = utcnow()
         stale_before = now - timedelta(seconds=settings.heartbeat_stale_seconds)
-        takeover = job.status == JobStatus.running and job.heartbeat_at is not None \
+        takeover = (
+            job.status == JobStatus.running
+            and job.heartbeat_at is not None
             and job.heartbeat_at < stale_before
+        )
         if job.status != JobStatus.queued and not takeover:
             log.info("job %s is %s, not queued; not running it", job_id, job.status)
             return None
         guard: dict[str, Any] = (
-            {"from_status": JobStatus.running, "heartbeat_before": stale_before} if takeover
-            else {"from_status": JobStatus.queued})
+            {"from_status": JobStatus.running, "heartbeat_before": stale_before}
+            if takeover
+            else {"from_status": JobStatus.queued}
+        )
         if job.attempts >= settings.max_attempts:
             given_up = _give_up(s, job, guard=guard, settings=settings)
-        elif repository.transition(s, job_id, to_status=JobStatus.running, worker=worker,
-                                   heartbeat_at=now, started_at=job.started_at or now,
-                                   attempts=Job.attempts + 1, **guard):
+        elif repository.transition(
+            s,
+            job_id,
+            to_status=JobStatus.running,
+            worker=worker,
+            heartbeat_at=now,
+            started_at=job.started_at or now,
+            attempts=Job.attempts + 1,
+            **guard,
+        ):
             won = True
             repository.add_event(
-                s, job_id=job_id, tenant_id=job.tenant_id, type="job_started",
-                message=(f"taken over by {worker} after its worker went silent" if takeover
-                         else f"started on {worker}"),
-                data={"worker": worker, "attempt": job.attempts + 1, "takeover": takeover})
+                s,
+                job_id=job_id,
+                tenant_id=job.tenant_id,
+                type="job_started",
+                message=(
+                    f"taken over by {worker} after its worker went silent"
+                    if takeover
+                    else f"started on {worker}"
+                ),
+                data={"worker": worker, "attempt": job.attempts + 1, "takeover": takeover},
+            )
         else:
             log.info("job %s was claimed by another worker first", job_id)
         webhook = bool(job.webhook_url)
@@ -121,13 +157,19 @@ def reap_stale_jobs(settings: Settings | None = None) -> list[str]:
                     failed.append(job.id)
                     if job.webhook_url:
                         notify.append(job.id)
-            elif repository.transition(s, job.id, to_status=JobStatus.queued, worker=None,
-                                       enqueued_at=now, **guard):  # type: ignore[arg-type]
-                repository.add_event(s, job_id=job.id, tenant_id=job.tenant_id,
-                                     type="job_requeued", level="warning",
-                                     message="its worker went silent; queued again to resume "
-                                     "from the last checkpoint",
-                                     data={"reason": "stale_heartbeat", "step": job.step})
+            elif repository.transition(
+                s, job.id, to_status=JobStatus.queued, worker=None, enqueued_at=now, **guard
+            ):  # type: ignore[arg-type]
+                repository.add_event(
+                    s,
+                    job_id=job.id,
+                    tenant_id=job.tenant_id,
+                    type="job_requeued",
+                    level="warning",
+                    message="its worker went silent; queued again to resume "
+                    "from the last checkpoint",
+                    data={"reason": "stale_heartbeat", "step": job.step},
+                )
                 requeued.append(job.id)
         resend_before = now - timedelta(seconds=settings.requeue_queued_after_seconds)
         waiting = repository.unsent_queued(s, enqueued_before=resend_before)
@@ -135,12 +177,16 @@ def reap_stale_jobs(settings: Settings | None = None) -> list[str]:
             # Re-send only as many as the broker lost: a long, healthy backlog has a message
             # for every queued job and needs nothing (messages are doorbells, fairness picks).
             in_broker = queued_message_count()
-            lost = len(waiting) if in_broker is None else max(
-                0, repository.count_queued(s) - in_broker)
+            lost = (
+                len(waiting)
+                if in_broker is None
+                else max(0, repository.count_queued(s) - in_broker)
+            )
             waiting = waiting[:lost]
         for job in waiting:
-            if repository.transition(s, job.id, from_status=JobStatus.queued,
-                                     to_status=JobStatus.queued, enqueued_at=now):
+            if repository.transition(
+                s, job.id, from_status=JobStatus.queued, to_status=JobStatus.queued, enqueued_at=now
+            ):
                 requeued.append(job.id)
     for job_id in requeued:
         enqueue_job(job_id)  # after commit; a duplicate message is refused by claim()

@@ -43,27 +43,41 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 PROGRESS_WRITE_INTERVAL_S = 0.5  # cost: one UPDATE + one batched INSERT; the end is always written
-CONTENT_TYPES = {".zip": "application/zip", ".onnx": "application/octet-stream",
-                 ".json": "application/json"}
-STORAGE_ERRNOS = {28: "the disk is full", 27: "a file grew past its size limit",
-                  5: "an I/O error", 122: "the disk quota is exhausted", 30: "read-only storage"}
+CONTENT_TYPES = {
+    ".zip": "application/zip",
+    ".onnx": "application/octet-stream",
+    ".json": "application/json",
+}
+STORAGE_ERRNOS = {
+    28: "the disk is full",
+    27: "a file grew past its size limit",
+    5: "an I/O error",
+    122: "the disk quota is exhausted",
+    30: "read-only storage",
+}
 
 
 def _transient(exc: BaseException) -> bool:
     """A lost or refused connection (a database restart), not a bad statement."""
     return isinstance(exc, OperationalError | InterfaceError) or (
-        isinstance(exc, DBAPIError) and exc.connection_invalidated)
+        isinstance(exc, DBAPIError) and exc.connection_invalidated
+    )
 
 
 def db_retry(settings: Settings) -> Callable[[Callable[[], T]], T]:
     """Run a short transaction, retrying while the database restarts (bounded)."""
+
     def call(fn: Callable[[], T]) -> T:
-        return retry(retry=retry_if_exception(_transient),
-                     stop=stop_after_delay(settings.db_outage_tolerance_seconds),
-                     wait=wait_exponential(multiplier=0.25, max=5), reraise=True,
-                     before_sleep=lambda s: log.warning("database unavailable, retrying: %s",
-                                                        s.outcome and s.outcome.exception()),
-                     )(fn)()
+        return retry(
+            retry=retry_if_exception(_transient),
+            stop=stop_after_delay(settings.db_outage_tolerance_seconds),
+            wait=wait_exponential(multiplier=0.25, max=5),
+            reraise=True,
+            before_sleep=lambda s: log.warning(
+                "database unavailable, retrying: %s", s.outcome and s.outcome.exception()
+            ),
+        )(fn)()
+
     return call
 
 
@@ -91,9 +105,16 @@ class JobCallbacks:
         self._pending = {"stage": p.stage, "step": p.step, "total_steps": p.total_steps}
         if p.losses:  # stage markers (evaluate, export) carry no optimizer step
             self._last_losses = dict(p.losses)
-            self._series.append(JobMetric(
-                job_id=self.job_id, tenant_id=self.tenant_id, step=p.step, stage=p.stage,
-                learning_rate=p.learning_rate, losses=dict(p.losses)))
+            self._series.append(
+                JobMetric(
+                    job_id=self.job_id,
+                    tenant_id=self.tenant_id,
+                    step=p.step,
+                    stage=p.stage,
+                    learning_rate=p.learning_rate,
+                    losses=dict(p.losses),
+                )
+            )
         now = time.monotonic()
         if p.stage != self._stage or now - self._last_write >= PROGRESS_WRITE_INTERVAL_S:
             self._stage = p.stage
@@ -110,9 +131,20 @@ class JobCallbacks:
                 if pending:
                     repository.update_running(s, self.job_id, owner=self.owner, **pending)
                 # fresh rows each try: a failed flush must not leave them bound to a session
-                repository.add_metrics(s, [JobMetric(
-                    job_id=m.job_id, tenant_id=m.tenant_id, step=m.step, stage=m.stage,
-                    learning_rate=m.learning_rate, losses=m.losses) for m in series])
+                repository.add_metrics(
+                    s,
+                    [
+                        JobMetric(
+                            job_id=m.job_id,
+                            tenant_id=m.tenant_id,
+                            step=m.step,
+                            stage=m.stage,
+                            learning_rate=m.learning_rate,
+                            losses=m.losses,
+                        )
+                        for m in series
+                    ],
+                )
 
         self._db(write)
         self._last_write = time.monotonic()
@@ -125,17 +157,31 @@ class JobCallbacks:
 
         def write() -> None:
             with self.sessions.begin() as s:
-                repository.add_event(s, job_id=self.job_id, tenant_id=self.tenant_id,
-                                     type=e.type, message=e.message, data=e.data,
-                                     level=e.level)
+                repository.add_event(
+                    s,
+                    job_id=self.job_id,
+                    tenant_id=self.tenant_id,
+                    type=e.type,
+                    message=e.message,
+                    data=e.data,
+                    level=e.level,
+                )
                 if e.type == "stage_started" and (stage := e.data.get("stage")):
                     repository.update_running(s, self.job_id, owner=self.owner, stage=stage)
                 if e.type == "checkpoint_saved" and (path := e.data.get("path")):
                     size = Path(path).stat().st_size if Path(path).is_file() else 0
-                    repository.add_checkpoint(s, JobCheckpoint(
-                        job_id=self.job_id, tenant_id=self.tenant_id, step=int(e.data["step"]),
-                        stage=self._stage, path=str(path), losses=self._last_losses,
-                        size_bytes=size))
+                    repository.add_checkpoint(
+                        s,
+                        JobCheckpoint(
+                            job_id=self.job_id,
+                            tenant_id=self.tenant_id,
+                            step=int(e.data["step"]),
+                            stage=self._stage,
+                            path=str(path),
+                            losses=self._last_losses,
+                            size_bytes=size,
+                        ),
+                    )
 
         self._db(write)
         if e.type == "stage_started" and (stage := e.data.get("stage")):
@@ -164,8 +210,9 @@ class JobCallbacks:
 class Heartbeat(threading.Thread):
     """Keeps heartbeat_at fresh during long non-step phases (loading, evaluation, export)."""
 
-    def __init__(self, sessions: sessionmaker[Session], job_id: str, owner: str,
-                 interval: float) -> None:
+    def __init__(
+        self, sessions: sessionmaker[Session], job_id: str, owner: str, interval: float
+    ) -> None:
         super().__init__(name=f"heartbeat-{job_id}", daemon=True)
         self.sessions, self.job_id, self.owner, self.interval = sessions, job_id, owner, interval
         self.stopped = threading.Event()
@@ -187,8 +234,9 @@ def _examples(storage: LocalStorage, key: str) -> list[Example]:
 def _teacher_ref(session: Session, job: Job, *, storage: LocalStorage, settings: Settings) -> str:
     if job.teacher_source == "hub":
         return job.teacher  # from_pretrained fetches it, or fails with teacher_not_found
-    ref = _model_ref(session, job.teacher, tenant_id=job.tenant_id, storage=storage,
-                     settings=settings)
+    ref = _model_ref(
+        session, job.teacher, tenant_id=job.tenant_id, storage=storage, settings=settings
+    )
     if ref == job.teacher:
         raise DistillError("teacher_not_found", f"catalog model '{job.teacher}' is gone")
     return ref
@@ -206,8 +254,9 @@ def workdir_for(settings: Settings, job_id: str) -> Path:
     return settings.storage_dir.resolve() / "work" / job_id
 
 
-def _model_ref(session: Session, ref: str, *, tenant_id: str, storage: LocalStorage,
-               settings: Settings) -> str:
+def _model_ref(
+    session: Session, ref: str, *, tenant_id: str, storage: LocalStorage, settings: Settings
+) -> str:
     """An uploaded model id or catalog name as a local folder; anything else is a hub id."""
     if ref.startswith("mdl_"):
         model = models_repository.get(session, tenant_id=tenant_id, model_id=ref)
@@ -218,21 +267,40 @@ def _model_ref(session: Session, ref: str, *, tenant_id: str, storage: LocalStor
     return str(path) if path is not None else ref
 
 
-def _config_for(session: Session, job: Job, *, storage: LocalStorage,
-                settings: Settings) -> DistillConfig:
+def _config_for(
+    session: Session, job: Job, *, storage: LocalStorage, settings: Settings
+) -> DistillConfig:
     config = DistillConfig.model_validate(job.config)
     if config.student.init == "model" and config.student.init_model:
-        config = config.model_copy(update={"student": config.student.model_copy(update={
-            "init_model": _model_ref(session, config.student.init_model,
-                                     tenant_id=job.tenant_id, storage=storage,
-                                     settings=settings)})})
+        config = config.model_copy(
+            update={
+                "student": config.student.model_copy(
+                    update={
+                        "init_model": _model_ref(
+                            session,
+                            config.student.init_model,
+                            tenant_id=job.tenant_id,
+                            storage=storage,
+                            settings=settings,
+                        )
+                    }
+                )
+            }
+        )
     if job.init_from:
         checkpoint = workdir_for(settings, job.init_from["job"]) / "checkpoints" / "last.pt"
         if not checkpoint.is_file():
-            raise DistillError("checkpoint_not_found",
-                               f"job '{job.init_from['job']}' has no checkpoint left to start from")
-        config = config.model_copy(update={"student": config.student.model_copy(
-            update={"init": "checkpoint", "init_model": str(checkpoint)})})
+            raise DistillError(
+                "checkpoint_not_found",
+                f"job '{job.init_from['job']}' has no checkpoint left to start from",
+            )
+        config = config.model_copy(
+            update={
+                "student": config.student.model_copy(
+                    update={"init": "checkpoint", "init_model": str(checkpoint)}
+                )
+            }
+        )
     return config
 
 
@@ -251,21 +319,46 @@ def _store_artifacts(session: Session, job: Job, result: RunResult, storage: Loc
         for path in [student_zip, metrics_json, *result.onnx_files]:
             key = f"tenants/{job.tenant_id}/jobs/{job.id}/artifacts/{path.name}"
             stored = storage.put_file(key, path)
-            artifacts_repository.replace(session, Artifact(
-                job_id=job.id, tenant_id=job.tenant_id, name=path.name,
-                content_type=CONTENT_TYPES.get(path.suffix, "application/octet-stream"),
-                size_bytes=stored.size_bytes, sha256=stored.sha256, storage_key=key))
+            artifacts_repository.replace(
+                session,
+                Artifact(
+                    job_id=job.id,
+                    tenant_id=job.tenant_id,
+                    name=path.name,
+                    content_type=CONTENT_TYPES.get(path.suffix, "application/octet-stream"),
+                    size_bytes=stored.size_bytes,
+                    sha256=stored.sha256,
+                    storage_key=key,
+                ),
+            )
 
 
-def _end(sessions: sessionmaker[Session], job: Job, owner: str, *, status: str,
-         event: str, message: str, level: str = "info", data: dict[str, Any] | None = None,
-         **values: Any) -> bool:
+def _end(
+    sessions: sessionmaker[Session],
+    job: Job,
+    owner: str,
+    *,
+    status: str,
+    event: str,
+    message: str,
+    level: str = "info",
+    data: dict[str, Any] | None = None,
+    **values: Any,
+) -> bool:
     with sessions.begin() as s:
-        if not repository.transition(s, job.id, from_status=JobStatus.running, owner=owner,
-                                     to_status=status, **values):
+        if not repository.transition(
+            s, job.id, from_status=JobStatus.running, owner=owner, to_status=status, **values
+        ):
             return False
-        repository.add_event(s, job_id=job.id, tenant_id=job.tenant_id, type=event,
-                             message=message, data=data or {}, level=level)
+        repository.add_event(
+            s,
+            job_id=job.id,
+            tenant_id=job.tenant_id,
+            type=event,
+            message=message,
+            data=data or {},
+            level=level,
+        )
         return True
 
 
@@ -288,8 +381,9 @@ def _storage_message(exc: OSError) -> str:
     return f"storage failed while saving the job's files: {what}"
 
 
-def run_job(job_id: str, *, worker: str,
-            shutdown_requested: Callable[[], bool] = lambda: False) -> str:
+def run_job(
+    job_id: str, *, worker: str, shutdown_requested: Callable[[], bool] = lambda: False
+) -> str:
     """'ran', 'refused', or 'watch' (another worker holds the job: look again later)."""
     settings = get_settings()
     sessions = session_factory()
@@ -302,9 +396,14 @@ def run_job(job_id: str, *, worker: str,
         enqueue_job(job_id)
     if job is None:
         return "watch" if is_running_elsewhere(sessions, chosen) else "refused"
-    callbacks = JobCallbacks(sessions=sessions, job_id=job.id, tenant_id=job.tenant_id,
-                             owner=owner, settings=settings,
-                             shutdown_requested=shutdown_requested)
+    callbacks = JobCallbacks(
+        sessions=sessions,
+        job_id=job.id,
+        tenant_id=job.tenant_id,
+        owner=owner,
+        settings=settings,
+        shutdown_requested=shutdown_requested,
+    )
     heartbeat = Heartbeat(sessions, job.id, owner, settings.heartbeat_interval_seconds)
     heartbeat.start()
     ended = False
@@ -312,57 +411,121 @@ def run_job(job_id: str, *, worker: str,
         with sessions() as s:
             teacher = _teacher_ref(s, job, storage=storage, settings=settings)
             train_key = _dataset_key(s, job.dataset_id)
-            val_key = _dataset_key(s, job.validation_dataset_id) \
-                if job.validation_dataset_id else None
+            val_key = (
+                _dataset_key(s, job.validation_dataset_id) if job.validation_dataset_id else None
+            )
             config = _config_for(s, job, storage=storage, settings=settings)
         train = _examples(storage, train_key)
         validation = _examples(storage, val_key) if val_key else None
-        result = run(config, teacher=teacher, train=train,
-                     validation=validation, workdir=workdir_for(settings, job.id),
-                     callbacks=callbacks)
+        result = run(
+            config,
+            teacher=teacher,
+            train=train,
+            validation=validation,
+            workdir=workdir_for(settings, job.id),
+            callbacks=callbacks,
+        )
         callbacks.flush()
         with sessions.begin() as s:
             _store_artifacts(s, job, result, storage)
-            ended = repository.transition(s, job.id, from_status=JobStatus.running, owner=owner,
-                                          to_status=JobStatus.succeeded, metrics=result.metrics,
-                                          stage="done", finished_at=utcnow())
+            ended = repository.transition(
+                s,
+                job.id,
+                from_status=JobStatus.running,
+                owner=owner,
+                to_status=JobStatus.succeeded,
+                metrics=result.metrics,
+                stage="done",
+                finished_at=utcnow(),
+            )
             if ended:
-                repository.add_event(s, job_id=job.id, tenant_id=job.tenant_id,
-                                     type="job_succeeded", message="student ready",
-                                     data={"metrics": result.metrics})
+                repository.add_event(
+                    s,
+                    job_id=job.id,
+                    tenant_id=job.tenant_id,
+                    type="job_succeeded",
+                    message="student ready",
+                    data={"metrics": result.metrics},
+                )
             else:
                 s.rollback()  # another worker owns the job now: record nothing
     except Stopped:
         callbacks.flush()
         if callbacks.stop_reason == "cancel":
-            ended = _end(sessions, job, owner, status=JobStatus.cancelled, event="job_cancelled",
-                         message="cancelled while running; the last checkpoint is kept",
-                         finished_at=utcnow())
+            ended = _end(
+                sessions,
+                job,
+                owner,
+                status=JobStatus.cancelled,
+                event="job_cancelled",
+                message="cancelled while running; the last checkpoint is kept",
+                finished_at=utcnow(),
+            )
         elif callbacks.stop_reason == "shutdown" and _end(
-                sessions, job, owner, status=JobStatus.queued, event="job_requeued",
-                level="warning", message="the worker is shutting down; checkpointed and "
-                "handed back to the queue", data={"reason": "worker_shutdown"},
-                worker=None, enqueued_at=utcnow()):
+            sessions,
+            job,
+            owner,
+            status=JobStatus.queued,
+            event="job_requeued",
+            level="warning",
+            message="the worker is shutting down; checkpointed and handed back to the queue",
+            data={"reason": "worker_shutdown"},
+            worker=None,
+            enqueued_at=utcnow(),
+        ):
             enqueue_job(job.id)
         else:
             log.warning("job %s: this worker no longer owns it; stopped", job.id)
     except DistillError as exc:
-        ended = _end(sessions, job, owner, status=JobStatus.failed, event="job_failed",
-                     message=exc.message, level="error", data={"code": exc.code},
-                     error_code=exc.code, error_message=exc.message, finished_at=utcnow())
+        ended = _end(
+            sessions,
+            job,
+            owner,
+            status=JobStatus.failed,
+            event="job_failed",
+            message=exc.message,
+            level="error",
+            data={"code": exc.code},
+            error_code=exc.code,
+            error_message=exc.message,
+            finished_at=utcnow(),
+        )
     except StorageError as exc:
-        ended = _end(sessions, job, owner, status=JobStatus.failed, event="job_failed",
-                     message=str(exc), level="error", data={"code": "storage_error"},
-                     error_code="storage_error", error_message=str(exc), finished_at=utcnow())
+        ended = _end(
+            sessions,
+            job,
+            owner,
+            status=JobStatus.failed,
+            event="job_failed",
+            message=str(exc),
+            level="error",
+            data={"code": "storage_error"},
+            error_code="storage_error",
+            error_message=str(exc),
+            finished_at=utcnow(),
+        )
     except Exception as exc:
         # A failing write often arrives wrapped by a library (torch, safetensors, onnx).
         os_error = _os_error_in(exc)
         log.exception("job %s %s", job.id, "hit a storage failure" if os_error else "crashed")
-        code, message = ("storage_error", _storage_message(os_error)) if os_error else (
-            "internal_error", "the worker hit an unexpected error; it has been logged")
-        ended = _end(sessions, job, owner, status=JobStatus.failed, event="job_failed",
-                     message=message, level="error", data={"code": code},
-                     error_code=code, error_message=message, finished_at=utcnow())
+        code, message = (
+            ("storage_error", _storage_message(os_error))
+            if os_error
+            else ("internal_error", "the worker hit an unexpected error; it has been logged")
+        )
+        ended = _end(
+            sessions,
+            job,
+            owner,
+            status=JobStatus.failed,
+            event="job_failed",
+            message=message,
+            level="error",
+            data={"code": code},
+            error_code=code,
+            error_message=message,
+            finished_at=utcnow(),
+        )
     finally:
         heartbeat.stopped.set()
     if ended and job.webhook_url:

@@ -23,8 +23,11 @@ def run_job(self: Task, job_id: str) -> None:
     from app.config import get_settings
     from workers.runner import run_job as run  # torch loads in the worker process only
 
-    outcome = run(job_id, worker=str(self.request.hostname or "worker"),
-                  shutdown_requested=_shutting_down.is_set)
+    outcome = run(
+        job_id,
+        worker=str(self.request.hostname or "worker"),
+        shutdown_requested=_shutting_down.is_set,
+    )
     if outcome == "watch":
         # Another worker holds the job. Look again once its heartbeat could have gone
         # stale: if that worker died, this message is what resumes the job.
@@ -37,8 +40,9 @@ def deliver_webhook(self: Task, job_id: str, message_id: str, attempt: int = 1) 
 
     if not deliver(job_id, message_id=message_id, attempt=attempt) and attempt < MAX_ATTEMPTS:
         # A new message per attempt (not self.retry) so the attempt number travels with it.
-        deliver_webhook.apply_async(args=[job_id, message_id, attempt + 1],
-                                    countdown=backoff_seconds(attempt))
+        deliver_webhook.apply_async(
+            args=[job_id, message_id, attempt + 1], countdown=backoff_seconds(attempt)
+        )
 
 
 @app.task(name="distillery.reap_stale_jobs")

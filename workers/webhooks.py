@@ -17,8 +17,11 @@ from app.jobs.service import to_public
 log = logging.getLogger(__name__)
 TIMEOUT_S = 10.0
 MAX_ATTEMPTS = 6
-EVENT_FOR_STATUS = {"succeeded": "job.succeeded", "failed": "job.failed",
-                    "cancelled": "job.cancelled"}
+EVENT_FOR_STATUS = {
+    "succeeded": "job.succeeded",
+    "failed": "job.failed",
+    "cancelled": "job.cancelled",
+}
 
 
 def backoff_seconds(attempt: int) -> int:
@@ -38,8 +41,13 @@ def deliver(job_id: str, *, message_id: str, attempt: int) -> bool:
             log.warning("webhook for %s asked while it is %s", job_id, job.status)
             return True
         now = datetime.now(UTC)
-        payload = json.dumps({"type": event_type, "timestamp": now.isoformat(),
-                              "data": to_public(job).model_dump(mode="json")})
+        payload = json.dumps(
+            {
+                "type": event_type,
+                "timestamp": now.isoformat(),
+                "data": to_public(job).model_dump(mode="json"),
+            }
+        )
         url, secret, tenant_id = job.webhook_url, job.webhook_secret, job.tenant_id
     headers = {
         "content-type": "application/json",
@@ -50,8 +58,9 @@ def deliver(job_id: str, *, message_id: str, attempt: int) -> bool:
     status_code: int | None = None
     error: str | None = None
     try:
-        response = httpx.post(url, content=payload, headers=headers, timeout=TIMEOUT_S,
-                              follow_redirects=False)
+        response = httpx.post(
+            url, content=payload, headers=headers, timeout=TIMEOUT_S, follow_redirects=False
+        )
         status_code = response.status_code
         if not response.is_success:
             error = f"the receiver answered {status_code}"
@@ -59,7 +68,18 @@ def deliver(job_id: str, *, message_id: str, attempt: int) -> bool:
         error = f"{type(exc).__name__}: {exc}"
     ok = error is None
     with sessions.begin() as s:
-        repository.add_delivery(s, WebhookDelivery(
-            job_id=job_id, tenant_id=tenant_id, message_id=message_id, event_type=event_type,
-            url=url, attempt=attempt, status_code=status_code, error=error, succeeded=ok))
+        repository.add_delivery(
+            s,
+            WebhookDelivery(
+                job_id=job_id,
+                tenant_id=tenant_id,
+                message_id=message_id,
+                event_type=event_type,
+                url=url,
+                attempt=attempt,
+                status_code=status_code,
+                error=error,
+                succeeded=ok,
+            ),
+        )
     return ok

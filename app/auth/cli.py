@@ -10,15 +10,19 @@ from app.auth import service
 from app.db import session_factory
 from app.errors import AppError
 
-keys_app = typer.Typer(help="Create, list and revoke API keys (operators; needs the database).",
-                       pretty_exceptions_enable=False,
-                       no_args_is_help=True)
+keys_app = typer.Typer(
+    help="Create, list and revoke API keys (operators; needs the database).",
+    pretty_exceptions_enable=False,
+    no_args_is_help=True,
+)
 console = Console()
 
 
 @keys_app.command("create")
-def create(tenant: str = typer.Option(..., "--tenant", help="tenant name; created if new"),
-           name: str | None = typer.Option(None, help="a label for the key")) -> None:
+def create(
+    tenant: str = typer.Option(..., "--tenant", help="tenant name; created if new"),
+    name: str | None = typer.Option(None, help="a label for the key"),
+) -> None:
     """Create a key; its secret is printed once and never stored."""
     try:
         with session_factory().begin() as session:
@@ -47,10 +51,17 @@ def revoke(key_id: str = typer.Argument(..., help="the key's id (key_…)")) -> 
 def list_keys(tenant: str | None = typer.Option(None, "--tenant")) -> None:
     with session_factory()() as session:
         rows = service.list_keys(session, tenant_id=tenant)
-        lines = [(k.id, k.tenant_id, k.prefix + "…", k.name or "",
-                  k.created_at.isoformat(timespec="seconds"),
-                  k.revoked_at.isoformat(timespec="seconds") if k.revoked_at else "")
-                 for k in rows]
+        lines = [
+            (
+                k.id,
+                k.tenant_id,
+                k.prefix + "…",
+                k.name or "",
+                k.created_at.isoformat(timespec="seconds"),
+                k.revoked_at.isoformat(timespec="seconds") if k.revoked_at else "",
+            )
+            for k in rows
+        ]
     if not console.is_terminal:  # scripts get one tab-separated key per line
         for line in lines:
             typer.echo("\t".join(line))

@@ -37,12 +37,25 @@ def keys(session: Session, *, tenant_id: str | None) -> Sequence[ApiKey]:
 
 
 def active_jobs(session: Session, tenant_id: str) -> int:
-    return session.scalar(select(func.count()).select_from(Job).where(
-        Job.tenant_id == tenant_id, Job.status.in_([JobStatus.queued, JobStatus.running]))) or 0
+    return (
+        session.scalar(
+            select(func.count())
+            .select_from(Job)
+            .where(
+                Job.tenant_id == tenant_id, Job.status.in_([JobStatus.queued, JobStatus.running])
+            )
+        )
+        or 0
+    )
 
 
 def stored_bytes(session: Session, tenant_id: str) -> int:
-    parts = union_all(*(select(func.coalesce(func.sum(t.size_bytes), 0).label("n"))
-                        .where(t.tenant_id == tenant_id) for t in (Dataset, Model, Artifact))
-                      ).subquery()
+    parts = union_all(
+        *(
+            select(func.coalesce(func.sum(t.size_bytes), 0).label("n")).where(
+                t.tenant_id == tenant_id
+            )
+            for t in (Dataset, Model, Artifact)
+        )
+    ).subquery()
     return int(session.scalar(select(func.sum(parts.c.n))) or 0)

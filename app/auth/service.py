@@ -26,8 +26,9 @@ def hash_key(key: str) -> str:
 
 def ensure_tenant(session: Session, tenant_id: str) -> Tenant:
     if not TENANT_NAME.match(tenant_id):
-        raise AppError("invalid_tenant", "tenant names are 1-64 of a-z, 0-9, '-' and '_'", 422,
-                       field="tenant")
+        raise AppError(
+            "invalid_tenant", "tenant names are 1-64 of a-z, 0-9, '-' and '_'", 422, field="tenant"
+        )
     tenant = repository.get_tenant(session, tenant_id)
     if tenant is None:
         tenant = Tenant(id=tenant_id)
@@ -39,8 +40,13 @@ def create_key(session: Session, *, tenant_id: str, name: str | None = None) -> 
     """A new key; the plaintext is returned once and never stored."""
     ensure_tenant(session, tenant_id)
     plaintext = KEY_PREFIX + secrets.token_urlsafe(32)
-    key = ApiKey(id=new_id("key"), tenant_id=tenant_id, key_hash=hash_key(plaintext),
-                 prefix=plaintext[:10], name=name)
+    key = ApiKey(
+        id=new_id("key"),
+        tenant_id=tenant_id,
+        key_hash=hash_key(plaintext),
+        prefix=plaintext[:10],
+        name=name,
+    )
     repository.add(session, key)
     return key, plaintext
 
@@ -76,24 +82,39 @@ def upload_limit(session: Session, *, settings: Settings, tenant_id: str, defaul
     return min(limit, default)
 
 
-def check_storage_quota(session: Session, *, settings: Settings, tenant_id: str,
-                        incoming_bytes: int) -> None:
+def check_storage_quota(
+    session: Session, *, settings: Settings, tenant_id: str, incoming_bytes: int
+) -> None:
     tenant = repository.get_tenant(session, tenant_id)
-    quota = (tenant.max_stored_bytes if tenant and tenant.max_stored_bytes
-             else settings.max_stored_bytes_per_tenant)
+    quota = (
+        tenant.max_stored_bytes
+        if tenant and tenant.max_stored_bytes
+        else settings.max_stored_bytes_per_tenant
+    )
     used = repository.stored_bytes(session, tenant_id)
     if used + incoming_bytes > quota:
-        raise AppError("storage_quota_exceeded", f"this upload ({incoming_bytes} bytes) would "
-                       f"take the tenant's storage to {used + incoming_bytes} bytes, over its "
-                       f"{quota} byte quota; delete something or ask for a larger quota", 413)
+        raise AppError(
+            "storage_quota_exceeded",
+            f"this upload ({incoming_bytes} bytes) would "
+            f"take the tenant's storage to {used + incoming_bytes} bytes, over its "
+            f"{quota} byte quota; delete something or ask for a larger quota",
+            413,
+        )
 
 
 def check_job_quota(session: Session, *, settings: Settings, tenant_id: str) -> None:
     tenant = repository.get_tenant(session, tenant_id)
-    limit = (tenant.max_active_jobs if tenant and tenant.max_active_jobs
-             else settings.max_active_jobs_per_tenant)
+    limit = (
+        tenant.max_active_jobs
+        if tenant and tenant.max_active_jobs
+        else settings.max_active_jobs_per_tenant
+    )
     active = repository.active_jobs(session, tenant_id)
     if active >= limit:
-        raise AppError("too_many_jobs", f"the tenant already has {active} queued or running "
-                       f"jobs, its limit; wait for one to end or cancel one", 429,
-                       headers={"Retry-After": "60"})
+        raise AppError(
+            "too_many_jobs",
+            f"the tenant already has {active} queued or running "
+            f"jobs, its limit; wait for one to end or cancel one",
+            429,
+            headers={"Retry-After": "60"},
+        )

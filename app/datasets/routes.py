@@ -18,23 +18,38 @@ from app.upload_flow import handle_upload
 router = APIRouter(prefix="/v1/datasets", tags=["datasets"])
 
 
-@router.post("", status_code=status.HTTP_201_CREATED, response_model=DatasetPublic,
-             responses=errors(409, 413, 422))
-async def upload_dataset(session: SessionDep, tenant: TenantDep,
-                         file: Annotated[UploadFile, File(
-                             description="JSONL or CSV with text, optional text_pair, label")],
-                         idempotency_key: idempotency.KeyHeader = None) -> Any:
+@router.post(
+    "",
+    status_code=status.HTTP_201_CREATED,
+    response_model=DatasetPublic,
+    responses=errors(409, 413, 422),
+)
+async def upload_dataset(
+    session: SessionDep,
+    tenant: TenantDep,
+    file: Annotated[
+        UploadFile, File(description="JSONL or CSV with text, optional text_pair, label")
+    ],
+    idempotency_key: idempotency.KeyHeader = None,
+) -> Any:
     """Validate every row and store the dataset; a bad row is a 422 naming line and field."""
     return await handle_upload(
-        session, tenant=tenant, file=file, idempotency_key=idempotency_key,
-        endpoint="POST /v1/datasets", max_bytes=get_settings().max_dataset_bytes,
-        create=lambda upload: DatasetPublic.model_validate(service.create_dataset(
-            session, storage=get_storage(), tenant_id=tenant, upload=upload)))
+        session,
+        tenant=tenant,
+        file=file,
+        idempotency_key=idempotency_key,
+        endpoint="POST /v1/datasets",
+        max_bytes=get_settings().max_dataset_bytes,
+        create=lambda upload: DatasetPublic.model_validate(
+            service.create_dataset(session, storage=get_storage(), tenant_id=tenant, upload=upload)
+        ),
+    )
 
 
 @router.get("", response_model=Page[DatasetPublic])
-def list_datasets(session: SessionDep, tenant: TenantDep, limit: LimitQuery = 20,
-                  after: AfterQuery = None) -> Page[DatasetPublic]:
+def list_datasets(
+    session: SessionDep, tenant: TenantDep, limit: LimitQuery = 20, after: AfterQuery = None
+) -> Page[DatasetPublic]:
     rows, has_more = service.list_datasets(session, tenant_id=tenant, limit=limit, after=after)
     data = [DatasetPublic.model_validate(r) for r in rows]
     return Page(data=data, has_more=has_more, next_cursor=data[-1].id if has_more else None)
@@ -43,4 +58,5 @@ def list_datasets(session: SessionDep, tenant: TenantDep, limit: LimitQuery = 20
 @router.get("/{dataset_id}", response_model=DatasetPublic, responses=errors(404))
 def get_dataset(dataset_id: str, session: SessionDep, tenant: TenantDep) -> DatasetPublic:
     return DatasetPublic.model_validate(
-        service.get_dataset(session, tenant_id=tenant, dataset_id=dataset_id))
+        service.get_dataset(session, tenant_id=tenant, dataset_id=dataset_id)
+    )

@@ -26,8 +26,15 @@ def get_by_id(session: Session, job_id: str) -> Job | None:
     return session.get(Job, job_id, populate_existing=True)
 
 
-def page(session: Session, *, tenant_id: str, limit: int, after: str | None,
-         status: str | None, created_after: datetime | None) -> Sequence[Job]:
+def page(
+    session: Session,
+    *,
+    tenant_id: str,
+    limit: int,
+    after: str | None,
+    status: str | None,
+    created_after: datetime | None,
+) -> Sequence[Job]:
     query = select(Job).where(Job.tenant_id == tenant_id)
     if after is not None:
         query = query.where(Job.id < after)
@@ -38,9 +45,16 @@ def page(session: Session, *, tenant_id: str, limit: int, after: str | None,
     return session.scalars(query.order_by(Job.id.desc()).limit(limit + 1)).all()
 
 
-def transition(session: Session, job_id: str, *, from_status: str | set[str], to_status: str,
-               owner: str | None = None, heartbeat_before: datetime | None = None,
-               **values: Any) -> bool:
+def transition(
+    session: Session,
+    job_id: str,
+    *,
+    from_status: str | set[str],
+    to_status: str,
+    owner: str | None = None,
+    heartbeat_before: datetime | None = None,
+    **values: Any,
+) -> bool:
     """Compare-and-set on status (and optionally the owning worker, or a stale heartbeat):
     True only for the one caller whose guard matched."""
     allowed = {from_status} if isinstance(from_status, str) else from_status
@@ -49,22 +63,27 @@ def transition(session: Session, job_id: str, *, from_status: str | set[str], to
         query = query.where(Job.worker == owner)
     if heartbeat_before is not None:
         query = query.where(Job.heartbeat_at < heartbeat_before)
-    result = session.execute(query.values(status=to_status, **values)
-                             .execution_options(synchronize_session=False))
+    result = session.execute(
+        query.values(status=to_status, **values).execution_options(synchronize_session=False)
+    )
     return bool(result.rowcount)  # type: ignore[attr-defined]
 
 
 def beat(session: Session, job_id: str, *, owner: str) -> bool:
     result = session.execute(
-        update(Job).where(Job.id == job_id, Job.status == JobStatus.running, Job.worker == owner)
-        .values(heartbeat_at=utcnow()).execution_options(synchronize_session=False))
+        update(Job)
+        .where(Job.id == job_id, Job.status == JobStatus.running, Job.worker == owner)
+        .values(heartbeat_at=utcnow())
+        .execution_options(synchronize_session=False)
+    )
     return bool(result.rowcount)  # type: ignore[attr-defined]
 
 
 def control_flags(session: Session, job_id: str) -> tuple[bool, str | None, str | None]:
     """(cancel requested, status, owning worker), read once per training step."""
-    row = session.execute(select(Job.cancel_requested, Job.status, Job.worker)
-                          .where(Job.id == job_id)).one_or_none()
+    row = session.execute(
+        select(Job.cancel_requested, Job.status, Job.worker).where(Job.id == job_id)
+    ).one_or_none()
     return (bool(row[0]), row[1], row[2]) if row else (False, None, None)
 
 
@@ -73,36 +92,54 @@ def fairest_queued(session: Session, *, limit: int) -> Sequence[str]:
     last start is oldest, then the oldest job. Several, in case another worker wins one."""
     running = aliased(Job)
     started = aliased(Job)
-    running_count = (select(func.count()).where(running.tenant_id == Job.tenant_id,
-                                                running.status == JobStatus.running)
-                     .correlate(Job).scalar_subquery())
-    last_start = (select(func.max(started.started_at)).where(started.tenant_id == Job.tenant_id)
-                  .correlate(Job).scalar_subquery())
-    query = (select(Job.id).where(Job.status == JobStatus.queued)
-             .order_by(running_count, last_start.asc().nulls_first(), Job.id).limit(limit))
+    running_count = (
+        select(func.count())
+        .where(running.tenant_id == Job.tenant_id, running.status == JobStatus.running)
+        .correlate(Job)
+        .scalar_subquery()
+    )
+    last_start = (
+        select(func.max(started.started_at))
+        .where(started.tenant_id == Job.tenant_id)
+        .correlate(Job)
+        .scalar_subquery()
+    )
+    query = (
+        select(Job.id)
+        .where(Job.status == JobStatus.queued)
+        .order_by(running_count, last_start.asc().nulls_first(), Job.id)
+        .limit(limit)
+    )
     return session.scalars(query).all()
 
 
 def stale_running(session: Session, *, heartbeat_before: datetime) -> Sequence[Job]:
-    return session.scalars(select(Job).where(Job.status == JobStatus.running,
-                                             Job.heartbeat_at < heartbeat_before)).all()
+    return session.scalars(
+        select(Job).where(Job.status == JobStatus.running, Job.heartbeat_at < heartbeat_before)
+    ).all()
 
 
 def unsent_queued(session: Session, *, enqueued_before: datetime) -> Sequence[Job]:
-    return session.scalars(select(Job).where(Job.status == JobStatus.queued,
-                                             Job.enqueued_at < enqueued_before)
-                           .order_by(Job.enqueued_at)).all()
+    return session.scalars(
+        select(Job)
+        .where(Job.status == JobStatus.queued, Job.enqueued_at < enqueued_before)
+        .order_by(Job.enqueued_at)
+    ).all()
 
 
 def count_queued(session: Session) -> int:
-    return session.scalar(select(func.count()).select_from(Job)
-                          .where(Job.status == JobStatus.queued)) or 0
+    return (
+        session.scalar(select(func.count()).select_from(Job).where(Job.status == JobStatus.queued))
+        or 0
+    )
 
 
 def update_running(session: Session, job_id: str, *, owner: str, **values: Any) -> bool:
     result = session.execute(
-        update(Job).where(Job.id == job_id, Job.status == JobStatus.running, Job.worker == owner)
-        .values(heartbeat_at=utcnow(), **values).execution_options(synchronize_session=False)
+        update(Job)
+        .where(Job.id == job_id, Job.status == JobStatus.running, Job.worker == owner)
+        .values(heartbeat_at=utcnow(), **values)
+        .execution_options(synchronize_session=False)
     )
     return bool(result.rowcount)  # type: ignore[attr-defined]
 
@@ -111,14 +148,26 @@ def cancel_requested(session: Session, job_id: str) -> bool:
     return bool(session.scalar(select(Job.cancel_requested).where(Job.id == job_id)))
 
 
-def add_event(session: Session, *, job_id: str, tenant_id: str, type: str, message: str,
-              data: dict[str, Any], level: str = "info") -> None:
-    session.add(JobEvent(job_id=job_id, tenant_id=tenant_id, type=type, message=message,
-                         data=data, level=level))
+def add_event(
+    session: Session,
+    *,
+    job_id: str,
+    tenant_id: str,
+    type: str,
+    message: str,
+    data: dict[str, Any],
+    level: str = "info",
+) -> None:
+    session.add(
+        JobEvent(
+            job_id=job_id, tenant_id=tenant_id, type=type, message=message, data=data, level=level
+        )
+    )
 
 
-def events_page(session: Session, *, job_id: str, after: int | None,
-                limit: int) -> Sequence[JobEvent]:
+def events_page(
+    session: Session, *, job_id: str, after: int | None, limit: int
+) -> Sequence[JobEvent]:
     query = select(JobEvent).where(JobEvent.job_id == job_id)
     if after is not None:
         query = query.where(JobEvent.id > after)
@@ -134,14 +183,17 @@ def add_metrics(session: Session, rows: list[JobMetric]) -> None:
 
 
 def metrics_series(session: Session, *, job_id: str) -> Sequence[JobMetric]:
-    return session.scalars(select(JobMetric).where(JobMetric.job_id == job_id)
-                           .order_by(JobMetric.step, JobMetric.id)).all()
+    return session.scalars(
+        select(JobMetric).where(JobMetric.job_id == job_id).order_by(JobMetric.step, JobMetric.id)
+    ).all()
 
 
 def events_of_type(session: Session, *, job_id: str, type: str) -> Sequence[JobEvent]:
-    return session.scalars(select(JobEvent).where(JobEvent.job_id == job_id,
-                                                  JobEvent.type == type)
-                           .order_by(JobEvent.id)).all()
+    return session.scalars(
+        select(JobEvent)
+        .where(JobEvent.job_id == job_id, JobEvent.type == type)
+        .order_by(JobEvent.id)
+    ).all()
 
 
 def add_checkpoint(session: Session, checkpoint: JobCheckpoint) -> None:
@@ -149,8 +201,9 @@ def add_checkpoint(session: Session, checkpoint: JobCheckpoint) -> None:
 
 
 def checkpoints(session: Session, *, job_id: str) -> Sequence[JobCheckpoint]:
-    return session.scalars(select(JobCheckpoint).where(JobCheckpoint.job_id == job_id)
-                           .order_by(JobCheckpoint.id)).all()
+    return session.scalars(
+        select(JobCheckpoint).where(JobCheckpoint.job_id == job_id).order_by(JobCheckpoint.id)
+    ).all()
 
 
 def add_delivery(session: Session, delivery: WebhookDelivery) -> None:
@@ -158,5 +211,6 @@ def add_delivery(session: Session, delivery: WebhookDelivery) -> None:
 
 
 def deliveries(session: Session, *, job_id: str) -> Sequence[WebhookDelivery]:
-    return session.scalars(select(WebhookDelivery).where(WebhookDelivery.job_id == job_id)
-                           .order_by(WebhookDelivery.id)).all()
+    return session.scalars(
+        select(WebhookDelivery).where(WebhookDelivery.job_id == job_id).order_by(WebhookDelivery.id)
+    ).all()

@@ -22,28 +22,45 @@ class InitFrom(BaseModel):
 
 
 class JobCreate(BaseModel):
-    model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [{
-        "teacher": "all-MiniLM-L6-v2", "dataset": "ds_01jabc", "student": {
-            "preset": "tinybert-4l-312d"}, "hyperparameters": {"epochs": 3, "batch_size": 32}}]})
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={
+            "examples": [
+                {
+                    "teacher": "all-MiniLM-L6-v2",
+                    "dataset": "ds_01jabc",
+                    "student": {"preset": "tinybert-4l-312d"},
+                    "hyperparameters": {"epochs": 3, "batch_size": 32},
+                }
+            ]
+        },
+    )
 
-    teacher: str = Field(min_length=1, max_length=255,
-                         description="mdl_… id, catalog name, or Hugging Face hub id")
+    teacher: str = Field(
+        min_length=1, max_length=255, description="mdl_… id, catalog name, or Hugging Face hub id"
+    )
     dataset: str = Field(min_length=1, max_length=64)
     validation_dataset: str | None = Field(default=None, min_length=1, max_length=64)
-    task: Task | None = Field(default=None, description="inferred from the dataset's labels "
-                              "when omitted")
+    task: Task | None = Field(
+        default=None, description="inferred from the dataset's labels when omitted"
+    )
     student: StudentConfig = Field(default_factory=StudentConfig)
     hyperparameters: Hyperparameters = Field(default_factory=Hyperparameters)
     distillation: DistillationConfig = Field(default_factory=DistillationConfig)
-    export: ExportConfig = Field(default_factory=ExportConfig,
-                                 description="ONNX and int8 exports, and how many timed runs "
-                                 "each latency figure takes")
+    export: ExportConfig = Field(
+        default_factory=ExportConfig,
+        description="ONNX and int8 exports, and how many timed runs each latency figure takes",
+    )
     seed: int = Field(default=42, ge=0, le=2**31 - 1)
-    webhook_url: HttpUrl | None = Field(default=None, description="POSTed on job.succeeded, "
-                                        "job.failed and job.cancelled, signed (Standard "
-                                        "Webhooks)")
-    init_from: InitFrom | None = Field(default=None, description="start the student from "
-                                       "another job's latest checkpoint")
+    webhook_url: HttpUrl | None = Field(
+        default=None,
+        description="POSTed on job.succeeded, "
+        "job.failed and job.cancelled, signed (Standard "
+        "Webhooks)",
+    )
+    init_from: InitFrom | None = Field(
+        default=None, description="start the student from another job's latest checkpoint"
+    )
 
 
 class Progress(BaseModel):

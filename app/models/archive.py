@@ -16,8 +16,13 @@ CHUNK = 1024 * 1024
 # tarfile reads a pax or GNU long-name header whole into memory; real ones hold a path and a
 # few attributes, so anything larger is a memory bomb.
 MAX_TAR_HEADER = 64 * 1024
-_TAR_HEADER_TYPES = (tarfile.XHDTYPE, tarfile.XGLTYPE, tarfile.SOLARIS_XHDTYPE,
-                     tarfile.GNUTYPE_LONGNAME, tarfile.GNUTYPE_LONGLINK)
+_TAR_HEADER_TYPES = (
+    tarfile.XHDTYPE,
+    tarfile.XGLTYPE,
+    tarfile.SOLARIS_XHDTYPE,
+    tarfile.GNUTYPE_LONGNAME,
+    tarfile.GNUTYPE_LONGLINK,
+)
 # What a truncated or doctored archive raises while it is read. A chain of thousands of pax
 # headers makes tarfile recurse until RecursionError.
 _CORRUPT_ZIP = (zipfile.BadZipFile, zlib.error, EOFError)
@@ -30,8 +35,11 @@ def _bad(message: str) -> AppError:
 
 def _safe_member(name: str) -> PurePosixPath:
     path = PurePosixPath(name.replace("\\", "/"))
-    if path.is_absolute() or name.startswith(("/", "\\")) or ".." in path.parts or (
-        path.parts and ":" in path.parts[0]
+    if (
+        path.is_absolute()
+        or name.startswith(("/", "\\"))
+        or ".." in path.parts
+        or (path.parts and ":" in path.parts[0])
     ):
         raise _bad(f"archive member {name!r} points outside the archive")
     return path
@@ -41,8 +49,10 @@ class _GuardedTarInfo(tarfile.TarInfo):
     def _proc_member(self, tf: tarfile.TarFile) -> tarfile.TarInfo:
         # tarfile's documented hook for subclasses, called before a header's data is read.
         if self.type in _TAR_HEADER_TYPES and self.size > MAX_TAR_HEADER:
-            raise _bad(f"the archive has a {self.size} byte pax or long-name header "
-                       f"(at most {MAX_TAR_HEADER})")
+            raise _bad(
+                f"the archive has a {self.size} byte pax or long-name header "
+                f"(at most {MAX_TAR_HEADER})"
+            )
         return super()._proc_member(tf)  # type: ignore[misc, no-any-return]
 
 
@@ -51,8 +61,9 @@ def extract(archive: Path, dest: Path, *, max_members: int, max_unpacked_bytes: 
     dest.mkdir(parents=True, exist_ok=True)
     if zipfile.is_zipfile(archive):
         try:
-            _extract_zip(archive, dest, max_members=max_members,
-                         max_unpacked_bytes=max_unpacked_bytes)
+            _extract_zip(
+                archive, dest, max_members=max_members, max_unpacked_bytes=max_unpacked_bytes
+            )
         except _CORRUPT_ZIP as exc:
             raise _bad(f"the archive is corrupt ({exc})") from exc
         return
@@ -66,8 +77,7 @@ def extract(archive: Path, dest: Path, *, max_members: int, max_unpacked_bytes: 
         raise _bad(f"the archive is corrupt ({exc})") from exc
     with tf:
         try:
-            _extract_tar(tf, dest, max_members=max_members,
-                         max_unpacked_bytes=max_unpacked_bytes)
+            _extract_tar(tf, dest, max_members=max_members, max_unpacked_bytes=max_unpacked_bytes)
         except _CORRUPT_TAR as exc:
             raise _bad(f"the archive is corrupt ({exc})") from exc
 
@@ -112,8 +122,10 @@ def _extract_zip(archive: Path, dest: Path, *, max_members: int, max_unpacked_by
             if info.flag_bits & 0x1:
                 raise _bad(f"archive member {info.filename!r} is encrypted")
             if info.compress_type not in (zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED):
-                raise _bad(f"archive member {info.filename!r} is compressed with method "
-                           f"{info.compress_type}; only stored and deflate are accepted")
+                raise _bad(
+                    f"archive member {info.filename!r} is compressed with method "
+                    f"{info.compress_type}; only stored and deflate are accepted"
+                )
             total += info.file_size
             if total > max_unpacked_bytes:
                 raise _bad(f"the archive unpacks to more than {max_unpacked_bytes} bytes")
@@ -122,8 +134,9 @@ def _extract_zip(archive: Path, dest: Path, *, max_members: int, max_unpacked_by
                 _write(src, target, declared=info.file_size)
 
 
-def _extract_tar(tf: tarfile.TarFile, dest: Path, *, max_members: int,
-                 max_unpacked_bytes: int) -> None:
+def _extract_tar(
+    tf: tarfile.TarFile, dest: Path, *, max_members: int, max_unpacked_bytes: int
+) -> None:
     total = 0
     for count, member in enumerate(tf, start=1):
         if count > max_members:

@@ -49,7 +49,8 @@ def find_root(folder: Path) -> Path:
 
 def _sizes(value: Any) -> TypeGuard[list[int]]:
     return isinstance(value, list) and all(
-        isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in value)
+        isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in value
+    )
 
 
 def safetensors_shapes(path: Path) -> dict[str, list[int]]:
@@ -76,9 +77,14 @@ def safetensors_shapes(path: Path) -> dict[str, list[int]]:
         entry = tensor if isinstance(tensor, dict) else {}
         shape, offsets = entry.get("shape"), entry.get("data_offsets")
         # No dtype is smaller than 4 bits (F4), so a tensor holds at most two elements a byte.
-        if not (isinstance(entry.get("dtype"), str) and _sizes(shape) and _sizes(offsets)
-                and len(offsets) == 2 and offsets[0] <= offsets[1] <= data_bytes
-                and math.prod(shape) <= 2 * (offsets[1] - offsets[0])):
+        if not (
+            isinstance(entry.get("dtype"), str)
+            and _sizes(shape)
+            and _sizes(offsets)
+            and len(offsets) == 2
+            and offsets[0] <= offsets[1] <= data_bytes
+            and math.prod(shape) <= 2 * (offsets[1] - offsets[0])
+        ):
             raise _bad(f"{path.name}: the header entry of tensor {name!r} is corrupt")
         shapes[name] = shape
     return shapes
@@ -98,8 +104,9 @@ def _finite(text: str) -> float:
 def _read_json(path: Path) -> Any:
     """Strict JSON: NaN, Infinity and numbers that overflow to infinity are refused."""
     try:
-        return json.loads(path.read_text(encoding="utf-8"), parse_constant=_refuse_constant,
-                          parse_float=_finite)
+        return json.loads(
+            path.read_text(encoding="utf-8"), parse_constant=_refuse_constant, parse_float=_finite
+        )
     except ValueError as exc:  # JSONDecodeError, UnicodeDecodeError
         raise _bad(f"{path.name} is not valid JSON ({exc})") from exc
 
@@ -125,8 +132,10 @@ def inspect_folder(folder: Path) -> ModelInfo:
         raise _bad("config.json must hold a JSON object")
     model_type = config.get("model_type")
     if not isinstance(model_type, str) or model_type not in SUPPORTED_MODEL_TYPES:
-        raise _bad(f"model_type {model_type!r} is not supported; supported: "
-                   f"{', '.join(sorted(SUPPORTED_MODEL_TYPES))}")
+        raise _bad(
+            f"model_type {model_type!r} is not supported; supported: "
+            f"{', '.join(sorted(SUPPORTED_MODEL_TYPES))}"
+        )
     tokenizer_path = root / "tokenizer_config.json"
     tokenizer_config = _read_json(tokenizer_path) if tokenizer_path.is_file() else {}
     for name, settings in (("config.json", config), (tokenizer_path.name, tokenizer_config)):
@@ -145,13 +154,22 @@ def inspect_folder(folder: Path) -> ModelInfo:
     hidden_size = _count(config, "hidden_size", MAX_HIDDEN_SIZE)
     id2label = config.get("id2label") or {}
     architectures = config.get("architectures") or []
-    has_head = any(name.endswith("classifier.weight") for name in shapes) and isinstance(
-        architectures, list) and any(
-        isinstance(a, str) and "ForSequenceClassification" in a for a in architectures)
+    has_head = (
+        any(name.endswith("classifier.weight") for name in shapes)
+        and isinstance(architectures, list)
+        and any(isinstance(a, str) and "ForSequenceClassification" in a for a in architectures)
+    )
     try:
         labels = [str(id2label[k]) for k in sorted(id2label, key=int)] if has_head else []
     except (TypeError, ValueError, KeyError, IndexError) as exc:
         raise _bad("config.json: id2label must map class numbers to names") from exc
-    return ModelInfo(root=root, model_type=model_type, num_parameters=num_parameters,
-                     num_layers=num_layers, hidden_size=hidden_size, has_task_head=has_head,
-                     labels=labels, config=config)
+    return ModelInfo(
+        root=root,
+        model_type=model_type,
+        num_parameters=num_parameters,
+        num_layers=num_layers,
+        hidden_size=hidden_size,
+        has_task_head=has_head,
+        labels=labels,
+        config=config,
+    )

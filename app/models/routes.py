@@ -18,25 +18,39 @@ from app.upload_flow import handle_upload
 router = APIRouter(prefix="/v1/models", tags=["models"])
 
 
-@router.post("", status_code=status.HTTP_201_CREATED, response_model=ModelPublic,
-             responses=errors(409, 413, 422))
-async def upload_model(session: SessionDep, tenant: TenantDep,
-                       file: Annotated[UploadFile, File(
-                           description=".zip or .tar.gz of a save_pretrained folder")],
-                       idempotency_key: idempotency.KeyHeader = None) -> Any:
+@router.post(
+    "",
+    status_code=status.HTTP_201_CREATED,
+    response_model=ModelPublic,
+    responses=errors(409, 413, 422),
+)
+async def upload_model(
+    session: SessionDep,
+    tenant: TenantDep,
+    file: Annotated[UploadFile, File(description=".zip or .tar.gz of a save_pretrained folder")],
+    idempotency_key: idempotency.KeyHeader = None,
+) -> Any:
     """Upload a teacher: safetensors weights only, BERT model_type, no custom code."""
     settings = get_settings()
     return await handle_upload(
-        session, tenant=tenant, file=file, idempotency_key=idempotency_key,
-        endpoint="POST /v1/models", max_bytes=settings.max_model_bytes,
-        create=lambda upload: service.to_public(service.create_model(
-            session, storage=get_storage(), settings=settings, tenant_id=tenant,
-            upload=upload)))
+        session,
+        tenant=tenant,
+        file=file,
+        idempotency_key=idempotency_key,
+        endpoint="POST /v1/models",
+        max_bytes=settings.max_model_bytes,
+        create=lambda upload: service.to_public(
+            service.create_model(
+                session, storage=get_storage(), settings=settings, tenant_id=tenant, upload=upload
+            )
+        ),
+    )
 
 
 @router.get("", response_model=Page[ModelPublic])
-def list_models(session: SessionDep, tenant: TenantDep, limit: LimitQuery = 20,
-                after: AfterQuery = None) -> Page[ModelPublic]:
+def list_models(
+    session: SessionDep, tenant: TenantDep, limit: LimitQuery = 20, after: AfterQuery = None
+) -> Page[ModelPublic]:
     """Uploaded models, newest first; the first page also lists the ready-made catalog."""
     rows, has_more = service.list_uploaded(session, tenant_id=tenant, limit=limit, after=after)
     data = [service.to_public(r) for r in rows]
@@ -47,5 +61,4 @@ def list_models(session: SessionDep, tenant: TenantDep, limit: LimitQuery = 20,
 
 @router.get("/{model_id:path}", response_model=ModelPublic, responses=errors(404))
 def get_model(model_id: str, session: SessionDep, tenant: TenantDep) -> ModelPublic:
-    return service.get_model(session, settings=get_settings(), tenant_id=tenant,
-                             model_id=model_id)
+    return service.get_model(session, settings=get_settings(), tenant_id=tenant, model_id=model_id)

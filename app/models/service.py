@@ -19,13 +19,18 @@ from app.storage import Storage, check_key
 from app.uploads import SpooledUpload
 
 
-def create_model(session: Session, *, storage: Storage, settings: Settings, tenant_id: str,
-                 upload: SpooledUpload) -> Model:
+def create_model(
+    session: Session, *, storage: Storage, settings: Settings, tenant_id: str, upload: SpooledUpload
+) -> Model:
     model_id = new_id("mdl")
     prefix = f"tenants/{tenant_id}/models/{model_id}"
     with tempfile.TemporaryDirectory(prefix="distillery-model-") as tmp:
-        archive.extract(upload.path, Path(tmp), max_members=settings.max_archive_members,
-                        max_unpacked_bytes=settings.max_model_unpacked_bytes)
+        archive.extract(
+            upload.path,
+            Path(tmp),
+            max_members=settings.max_archive_members,
+            max_unpacked_bytes=settings.max_model_unpacked_bytes,
+        )
         info = inspect_folder(Path(tmp))
         try:
             for path in sorted(p for p in info.root.rglob("*") if p.is_file()):
@@ -35,40 +40,72 @@ def create_model(session: Session, *, storage: Storage, settings: Settings, tena
                 try:
                     check_key(relative.as_posix())
                 except ValueError as exc:
-                    raise AppError("model_invalid", f"archive member {relative.as_posix()!r} "
-                                   "has an unusable file name", 422, field="file") from exc
+                    raise AppError(
+                        "model_invalid",
+                        f"archive member {relative.as_posix()!r} has an unusable file name",
+                        422,
+                        field="file",
+                    ) from exc
                 storage.put_file(f"{prefix}/{relative.as_posix()}", path)
-            return repository.add(session, Model(
-                id=model_id, tenant_id=tenant_id, filename=upload.filename,
-                model_type=info.model_type, num_parameters=info.num_parameters,
-                num_layers=info.num_layers, hidden_size=info.hidden_size,
-                has_task_head=info.has_task_head, labels=info.labels, config=info.config,
-                sha256=upload.sha256, size_bytes=upload.size_bytes, storage_key=prefix,
-            ))
+            return repository.add(
+                session,
+                Model(
+                    id=model_id,
+                    tenant_id=tenant_id,
+                    filename=upload.filename,
+                    model_type=info.model_type,
+                    num_parameters=info.num_parameters,
+                    num_layers=info.num_layers,
+                    hidden_size=info.hidden_size,
+                    has_task_head=info.has_task_head,
+                    labels=info.labels,
+                    config=info.config,
+                    sha256=upload.sha256,
+                    size_bytes=upload.size_bytes,
+                    storage_key=prefix,
+                ),
+            )
         except BaseException:
             storage.delete_prefix(prefix)  # no orphan files for a model that was not recorded
             raise
 
 
 def to_public(model: Model) -> ModelPublic:
-    return ModelPublic(id=model.id, source="upload", filename=model.filename,
-                       model_type=model.model_type, num_parameters=model.num_parameters,
-                       num_layers=model.num_layers, hidden_size=model.hidden_size,
-                       has_task_head=model.has_task_head, labels=model.labels,
-                       created_at=model.created_at)
+    return ModelPublic(
+        id=model.id,
+        source="upload",
+        filename=model.filename,
+        model_type=model.model_type,
+        num_parameters=model.num_parameters,
+        num_layers=model.num_layers,
+        hidden_size=model.hidden_size,
+        has_task_head=model.has_task_head,
+        labels=model.labels,
+        created_at=model.created_at,
+    )
 
 
 def catalog_models(settings: Settings) -> list[ModelPublic]:
-    return [ModelPublic(id=e.name, source=e.source, filename=None,  # type: ignore[arg-type]
-                        model_type=e.info.model_type, num_parameters=e.info.num_parameters,
-                        num_layers=e.info.num_layers, hidden_size=e.info.hidden_size,
-                        has_task_head=e.info.has_task_head, labels=e.info.labels,
-                        created_at=None)
-            for e in catalog.entries(settings.model_dir)]
+    return [
+        ModelPublic(
+            id=e.name,
+            source=e.source,
+            filename=None,  # type: ignore[arg-type]
+            model_type=e.info.model_type,
+            num_parameters=e.info.num_parameters,
+            num_layers=e.info.num_layers,
+            hidden_size=e.info.hidden_size,
+            has_task_head=e.info.has_task_head,
+            labels=e.info.labels,
+            created_at=None,
+        )
+        for e in catalog.entries(settings.model_dir)
+    ]
 
 
-def get_model(session: Session, *, settings: Settings, tenant_id: str,
-              model_id: str) -> ModelPublic:
+def get_model(
+    session: Session, *, settings: Settings, tenant_id: str, model_id: str
+) -> ModelPublic:
     if model_id.startswith("mdl_"):
         model = repository.get(session, tenant_id=tenant_id, model_id=model_id)
         if model is not None:
@@ -80,7 +117,8 @@ def get_model(session: Session, *, settings: Settings, tenant_id: str,
     raise AppError("model_not_found", f"no model '{model_id}'", 404)
 
 
-def list_uploaded(session: Session, *, tenant_id: str, limit: int,
-                  after: str | None) -> tuple[Sequence[Model], bool]:
+def list_uploaded(
+    session: Session, *, tenant_id: str, limit: int, after: str | None
+) -> tuple[Sequence[Model], bool]:
     rows = repository.page(session, tenant_id=tenant_id, limit=limit, after=after)
     return rows[:limit], len(rows) > limit

@@ -46,8 +46,12 @@ def test_every_v1_route_needs_a_key(client: TestClient) -> None:
     for path, methods in document["paths"].items():
         if not path.startswith("/v1/"):
             continue
-        concrete = path.replace("{job_id}", "job_x").replace("{dataset_id}", "ds_x") \
-            .replace("{model_id}", "mdl_x").replace("{name}", "student.zip")
+        concrete = (
+            path.replace("{job_id}", "job_x")
+            .replace("{dataset_id}", "ds_x")
+            .replace("{model_id}", "mdl_x")
+            .replace("{name}", "student.zip")
+        )
         for method in methods:
             response = anonymous.request(method.upper(), concrete)
             assert response.status_code == 401, (method, path, response.text)
@@ -59,10 +63,13 @@ def test_every_v1_route_needs_a_key(client: TestClient) -> None:
 
 def test_bad_and_revoked_keys_are_401(client: TestClient, db_session: Session) -> None:
     app = client.app
-    assert TestClient(app, headers={"Authorization": "Bearer dk_wrong"}).get(
-        "/v1/jobs").status_code == 401
-    assert TestClient(app, headers={"Authorization": "Basic abc"}).get(
-        "/v1/jobs").status_code == 401
+    assert (
+        TestClient(app, headers={"Authorization": "Bearer dk_wrong"}).get("/v1/jobs").status_code
+        == 401
+    )
+    assert (
+        TestClient(app, headers={"Authorization": "Basic abc"}).get("/v1/jobs").status_code == 401
+    )
     key_row, key = create_key(db_session, tenant_id="revokee")
     db_session.commit()
     holder = TestClient(app, headers={"Authorization": f"Bearer {key}"})
@@ -74,19 +81,29 @@ def test_bad_and_revoked_keys_are_401(client: TestClient, db_session: Session) -
     assert holder.get("/v1/jobs").status_code == 401
 
 
-def test_another_tenant_sees_404_and_empty_lists(client: TestClient, as_tenant: object,
-                                                 tiny_teacher_dir: Path) -> None:
-    ds = client.post("/v1/datasets", files={
-        "file": ("t.jsonl", (TINY_SENTIMENT / "train.jsonl").read_bytes())}).json()["id"]
-    teacher = client.post("/v1/models", files={
-        "file": ("t.zip", zip_folder(tiny_teacher_dir))}).json()["id"]
+def test_another_tenant_sees_404_and_empty_lists(
+    client: TestClient, as_tenant: object, tiny_teacher_dir: Path
+) -> None:
+    ds = client.post(
+        "/v1/datasets", files={"file": ("t.jsonl", (TINY_SENTIMENT / "train.jsonl").read_bytes())}
+    ).json()["id"]
+    teacher = client.post(
+        "/v1/models", files={"file": ("t.zip", zip_folder(tiny_teacher_dir))}
+    ).json()["id"]
     job = client.post("/v1/jobs", json={"teacher": teacher, "dataset": ds}).json()["id"]
 
     other = as_tenant("rival")  # type: ignore[operator]
-    for url in (f"/v1/datasets/{ds}", f"/v1/models/{teacher}", f"/v1/jobs/{job}",
-                f"/v1/jobs/{job}/events", f"/v1/jobs/{job}/metrics",
-                f"/v1/jobs/{job}/checkpoints", f"/v1/jobs/{job}/artifacts",
-                f"/v1/jobs/{job}/artifacts/student.zip", f"/v1/jobs/{job}/webhook-deliveries"):
+    for url in (
+        f"/v1/datasets/{ds}",
+        f"/v1/models/{teacher}",
+        f"/v1/jobs/{job}",
+        f"/v1/jobs/{job}/events",
+        f"/v1/jobs/{job}/metrics",
+        f"/v1/jobs/{job}/checkpoints",
+        f"/v1/jobs/{job}/artifacts",
+        f"/v1/jobs/{job}/artifacts/student.zip",
+        f"/v1/jobs/{job}/webhook-deliveries",
+    ):
         response = other.get(url)
         assert response.status_code == 404, (url, response.text)
     assert other.post(f"/v1/jobs/{job}/cancel").status_code == 404
@@ -99,11 +116,16 @@ def test_another_tenant_sees_404_and_empty_lists(client: TestClient, as_tenant: 
     assert client.get(f"/v1/jobs/{job}").json()["status"] == "queued"  # untouched
 
 
-def test_tenant_limits_answer_429_and_413(client: TestClient, as_tenant: object,
-                                          tiny_teacher_dir: Path) -> None:
+def test_tenant_limits_answer_429_and_413(
+    client: TestClient, as_tenant: object, tiny_teacher_dir: Path
+) -> None:
     content = (TINY_SENTIMENT / "train.jsonl").read_bytes()
-    small = as_tenant("small", max_active_jobs=1, max_upload_bytes=len(content) + 10,  # type: ignore[operator]
-                      max_stored_bytes=len(content) + 20)
+    small = as_tenant(
+        "small",
+        max_active_jobs=1,
+        max_upload_bytes=len(content) + 10,  # type: ignore[operator]
+        max_stored_bytes=len(content) + 20,
+    )
     ds = small.post("/v1/datasets", files={"file": ("t.jsonl", content)})
     assert ds.status_code == 201
     too_big = small.post("/v1/datasets", files={"file": ("big.jsonl", content + content)})
@@ -135,5 +157,3 @@ def test_keys_cli_creates_and_revokes(database: str) -> None:
     listed = runner.invoke(keys_app, ["list", "--tenant", "cli-tenant"])
     assert key_id in listed.output and secret not in listed.output
     assert runner.invoke(keys_app, ["create", "--tenant", "Bad Name!"]).exit_code == 2
-
-

@@ -31,8 +31,11 @@ def test_streamed_body_over_the_cap_is_413(client: TestClient, small_cap: int) -
         for _ in range(200):
             yield b"y" * 1024
 
-    response = client.post("/v1/datasets", content=chunks(),
-                           headers={"content-type": "multipart/form-data; boundary=b"})
+    response = client.post(
+        "/v1/datasets",
+        content=chunks(),
+        headers={"content-type": "multipart/form-data; boundary=b"},
+    )
     assert response.status_code == 413
 
 

@@ -39,15 +39,19 @@ def test_upload_csv_with_text_pair(client: TestClient) -> None:
     assert body["labels"] == ["no", "yes"]
 
 
-@pytest.mark.parametrize(("content", "line", "field"), [
-    (b'{"text": "fine", "label": "a"}\n{"label": "b"}\n', 2, "text"),
-    (b'{"text": "fine", "label": "a"}\n{"text": "x"}\n', 2, "label"),
-    (b'{"text": "fine", "label": "a"}\nnot json\n', 2, None),
-    (b'{"text": "ok", "label": "a"}\n{"text": "\xff\xfe", "label": "b"}\n', 2, None),
-    (b'{"text": "ok", "label": "a"}\n{"text": 7, "label": "b"}\n', 2, "text"),
-])
-def test_bad_row_is_422_naming_line_and_field(client: TestClient, content: bytes, line: int,
-                                              field: str | None) -> None:
+@pytest.mark.parametrize(
+    ("content", "line", "field"),
+    [
+        (b'{"text": "fine", "label": "a"}\n{"label": "b"}\n', 2, "text"),
+        (b'{"text": "fine", "label": "a"}\n{"text": "x"}\n', 2, "label"),
+        (b'{"text": "fine", "label": "a"}\nnot json\n', 2, None),
+        (b'{"text": "ok", "label": "a"}\n{"text": "\xff\xfe", "label": "b"}\n', 2, None),
+        (b'{"text": "ok", "label": "a"}\n{"text": 7, "label": "b"}\n', 2, "text"),
+    ],
+)
+def test_bad_row_is_422_naming_line_and_field(
+    client: TestClient, content: bytes, line: int, field: str | None
+) -> None:
     response = client.post("/v1/datasets", files={"file": ("bad.jsonl", content)})
     assert response.status_code == 422
     error = response.json()["error"]
@@ -62,14 +66,19 @@ def test_csv_without_text_column_is_rejected(client: TestClient) -> None:
     response = client.post("/v1/datasets", files={"file": ("x.csv", b"sentence,label\na,b\n")})
     assert response.status_code == 422
     assert response.json()["error"] == {
-        "code": "dataset_invalid", "message": "line 1: the CSV header has no 'text' column",
-        "field": "text", "line": 1}
+        "code": "dataset_invalid",
+        "message": "line 1: the CSV header has no 'text' column",
+        "field": "text",
+        "line": 1,
+    }
 
 
 def test_single_class_and_too_few_rows_are_rejected(client: TestClient) -> None:
     one_class = jsonl_bytes({"text": f"t{i}", "label": "same"} for i in range(10))
-    assert client.post("/v1/datasets", files={"file": ("a.jsonl", one_class)}).json()[
-        "error"]["field"] == "label"
+    assert (
+        client.post("/v1/datasets", files={"file": ("a.jsonl", one_class)}).json()["error"]["field"]
+        == "label"
+    )
     few = jsonl_bytes([{"text": "a", "label": "x"}, {"text": "b", "label": "y"}])
     response = client.post("/v1/datasets", files={"file": ("b.jsonl", few)})
     assert response.status_code == 422
@@ -82,8 +91,11 @@ def test_empty_upload_and_missing_file(client: TestClient) -> None:
     assert response.json()["error"]["code"] == "file_empty"
     response = client.post("/v1/datasets")
     assert response.status_code == 422
-    assert response.json()["error"] == {"code": "invalid_request", "message": "'file' is required",
-                                        "field": "file"}
+    assert response.json()["error"] == {
+        "code": "invalid_request",
+        "message": "'file' is required",
+        "field": "file",
+    }
 
 
 def test_unknown_dataset_is_404(client: TestClient) -> None:

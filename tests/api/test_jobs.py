@@ -24,8 +24,11 @@ def dataset_id(client: TestClient) -> str:
 
 @pytest.fixture()
 def teacher_id(client: TestClient, tiny_teacher_dir: Path) -> str:
-    return str(client.post("/v1/models", files={"file": ("t.zip", zip_folder(tiny_teacher_dir))})
-               .json()["id"])
+    return str(
+        client.post("/v1/models", files={"file": ("t.zip", zip_folder(tiny_teacher_dir))}).json()[
+            "id"
+        ]
+    )
 
 
 def queued_job_ids(queue: redis.Redis) -> list[str]:
@@ -43,10 +46,16 @@ def create(client: TestClient, **body: Any) -> Any:
     return client.post("/v1/jobs", json=body)
 
 
-def test_create_job_records_it_and_enqueues_its_id(client: TestClient, dataset_id: str,
-                                                   teacher_id: str, queue: redis.Redis) -> None:
-    response = create(client, teacher=teacher_id, dataset=dataset_id,
-                      hyperparameters={"epochs": 2, "batch_size": 16}, seed=7)
+def test_create_job_records_it_and_enqueues_its_id(
+    client: TestClient, dataset_id: str, teacher_id: str, queue: redis.Redis
+) -> None:
+    response = create(
+        client,
+        teacher=teacher_id,
+        dataset=dataset_id,
+        hyperparameters={"epochs": 2, "batch_size": 16},
+        seed=7,
+    )
     assert response.status_code == 201, response.text
     job = response.json()
     assert job["id"].startswith("job_")
@@ -60,7 +69,8 @@ def test_create_job_records_it_and_enqueues_its_id(client: TestClient, dataset_i
     assert job["distillation"]["prediction"]["epochs"] == 2  # resolved, defaults filled
     # the uploaded teacher is 32 wide: the narrow teachers' fine-tuning rate, at batch 16
     assert job["distillation"]["teacher_finetune"]["learning_rate"] == pytest.approx(
-        1e-4 * (16 / 32) ** 0.5)
+        1e-4 * (16 / 32) ** 0.5
+    )
     assert job["seed"] == 7
     assert job["metrics"] is None and job["error"] is None
     assert queued_job_ids(queue) == [job["id"]]
@@ -78,26 +88,48 @@ def test_catalog_and_hub_teachers_are_accepted(client: TestClient, dataset_id: s
     assert job["distillation"]["teacher_finetune"]["learning_rate"] is None
 
 
-@pytest.mark.parametrize(("body", "status", "code", "field"), [
-    ({"colour": "blue"}, 422, "invalid_request", "colour"),
-    ({"hyperparameters": {"epochs": 0}}, 422, "invalid_request", "hyperparameters.epochs"),
-    ({"hyperparameters": {"temperature": -1}}, 422, "invalid_request",
-     "hyperparameters.temperature"),
-    ({"hyperparameters": {"batch_size": "big"}}, 422, "invalid_request",
-     "hyperparameters.batch_size"),
-    ({"hyperparameters": {"learning_rate": 0.1, "warp": 9}}, 422, "invalid_request",
-     "hyperparameters.warp"),
-    ({"student": {"preset": "gpt-5"}}, 422, "invalid_request", "student.preset"),
-    ({"seed": -3}, 422, "invalid_request", "seed"),
-    ({"task": "regression"}, 422, "dataset_incompatible", "dataset"),
-    ({"dataset": "ds_missing"}, 404, "dataset_not_found", "dataset"),
-    ({"validation_dataset": "ds_missing"}, 404, "dataset_not_found", "validation_dataset"),
-    ({"teacher": "mdl_missing"}, 404, "teacher_not_found", "teacher"),
-    ({"teacher": "not a model id!"}, 422, "teacher_not_found", "teacher"),
-])
-def test_bad_job_requests_name_the_field(client: TestClient, dataset_id: str, teacher_id: str,
-                                         queue: redis.Redis, body: dict[str, Any], status: int,
-                                         code: str, field: str) -> None:
+@pytest.mark.parametrize(
+    ("body", "status", "code", "field"),
+    [
+        ({"colour": "blue"}, 422, "invalid_request", "colour"),
+        ({"hyperparameters": {"epochs": 0}}, 422, "invalid_request", "hyperparameters.epochs"),
+        (
+            {"hyperparameters": {"temperature": -1}},
+            422,
+            "invalid_request",
+            "hyperparameters.temperature",
+        ),
+        (
+            {"hyperparameters": {"batch_size": "big"}},
+            422,
+            "invalid_request",
+            "hyperparameters.batch_size",
+        ),
+        (
+            {"hyperparameters": {"learning_rate": 0.1, "warp": 9}},
+            422,
+            "invalid_request",
+            "hyperparameters.warp",
+        ),
+        ({"student": {"preset": "gpt-5"}}, 422, "invalid_request", "student.preset"),
+        ({"seed": -3}, 422, "invalid_request", "seed"),
+        ({"task": "regression"}, 422, "dataset_incompatible", "dataset"),
+        ({"dataset": "ds_missing"}, 404, "dataset_not_found", "dataset"),
+        ({"validation_dataset": "ds_missing"}, 404, "dataset_not_found", "validation_dataset"),
+        ({"teacher": "mdl_missing"}, 404, "teacher_not_found", "teacher"),
+        ({"teacher": "not a model id!"}, 422, "teacher_not_found", "teacher"),
+    ],
+)
+def test_bad_job_requests_name_the_field(
+    client: TestClient,
+    dataset_id: str,
+    teacher_id: str,
+    queue: redis.Redis,
+    body: dict[str, Any],
+    status: int,
+    code: str,
+    field: str,
+) -> None:
     response = create(client, **{"teacher": teacher_id, "dataset": dataset_id, **body})
     assert response.status_code == status, response.text
     error = response.json()["error"]
@@ -107,23 +139,29 @@ def test_bad_job_requests_name_the_field(client: TestClient, dataset_id: str, te
 
 def test_missing_teacher_is_required(client: TestClient, dataset_id: str) -> None:
     error = create(client, dataset=dataset_id).json()["error"]
-    assert error == {"code": "invalid_request", "message": "'teacher' is required",
-                     "field": "teacher"}
+    assert error == {
+        "code": "invalid_request",
+        "message": "'teacher' is required",
+        "field": "teacher",
+    }
 
 
-def test_validation_labels_must_occur_in_training(client: TestClient, dataset_id: str,
-                                                  teacher_id: str) -> None:
+def test_validation_labels_must_occur_in_training(
+    client: TestClient, dataset_id: str, teacher_id: str
+) -> None:
     other = jsonl_bytes({"text": f"t{i}", "label": ["neg", "meh"][i % 2]} for i in range(8))
     val = client.post("/v1/datasets", files={"file": ("v.jsonl", other)}).json()["id"]
-    error = create(client, teacher=teacher_id, dataset=dataset_id,
-                   validation_dataset=val).json()["error"]
+    error = create(client, teacher=teacher_id, dataset=dataset_id, validation_dataset=val).json()[
+        "error"
+    ]
     assert error["code"] == "dataset_incompatible"
     assert error["field"] == "validation_dataset"
     assert "meh" in error["message"]
 
 
-def test_cancel_queued_job_is_immediate_and_idempotent(client: TestClient, dataset_id: str,
-                                                       teacher_id: str) -> None:
+def test_cancel_queued_job_is_immediate_and_idempotent(
+    client: TestClient, dataset_id: str, teacher_id: str
+) -> None:
     job = create(client, teacher=teacher_id, dataset=dataset_id).json()
     first = client.post(f"/v1/jobs/{job['id']}/cancel")
     assert first.status_code == 200
@@ -134,8 +172,9 @@ def test_cancel_queued_job_is_immediate_and_idempotent(client: TestClient, datas
     assert again.json()["finished_at"] == first.json()["finished_at"]
 
 
-def test_cancel_of_finished_job_is_409(client: TestClient, db_session: Session, dataset_id: str,
-                                       teacher_id: str) -> None:
+def test_cancel_of_finished_job_is_409(
+    client: TestClient, db_session: Session, dataset_id: str, teacher_id: str
+) -> None:
     job = create(client, teacher=teacher_id, dataset=dataset_id).json()
     db_session.execute(update(Job).where(Job.id == job["id"]).values(status="succeeded"))
     response = client.post(f"/v1/jobs/{job['id']}/cancel")
@@ -143,8 +182,9 @@ def test_cancel_of_finished_job_is_409(client: TestClient, db_session: Session, 
     assert response.json()["error"]["code"] == "job_not_cancellable"
 
 
-def test_list_jobs_newest_first_with_status_filter(client: TestClient, dataset_id: str,
-                                                   teacher_id: str) -> None:
+def test_list_jobs_newest_first_with_status_filter(
+    client: TestClient, dataset_id: str, teacher_id: str
+) -> None:
     a = create(client, teacher=teacher_id, dataset=dataset_id).json()["id"]
     b = create(client, teacher=teacher_id, dataset=dataset_id).json()["id"]
     client.post(f"/v1/jobs/{a}/cancel")
@@ -160,15 +200,24 @@ def test_unknown_job_and_artifacts_are_404(client: TestClient) -> None:
     assert client.get("/v1/jobs/job_missing/artifacts").status_code == 404
 
 
-def test_init_from_needs_a_job_with_a_checkpoint(client: TestClient, dataset_id: str,
-                                                 teacher_id: str) -> None:
+def test_init_from_needs_a_job_with_a_checkpoint(
+    client: TestClient, dataset_id: str, teacher_id: str
+) -> None:
     source = create(client, teacher=teacher_id, dataset=dataset_id).json()["id"]
-    for init_from, status, code in (({"job": source}, 422, "checkpoint_not_found"),
-                                    ({"job": "job_missing"}, 404, "job_not_found")):
+    for init_from, status, code in (
+        ({"job": source}, 422, "checkpoint_not_found"),
+        ({"job": "job_missing"}, 404, "job_not_found"),
+    ):
         response = create(client, teacher=teacher_id, dataset=dataset_id, init_from=init_from)
         assert response.status_code == status
         assert (response.json()["error"]["code"], response.json()["error"]["field"]) == (
-            code, "init_from.job")
-    error = create(client, teacher=teacher_id, dataset=dataset_id,
-                   student={"init": "checkpoint", "init_model": "/etc/passwd"}).json()["error"]
+            code,
+            "init_from.job",
+        )
+    error = create(
+        client,
+        teacher=teacher_id,
+        dataset=dataset_id,
+        student={"init": "checkpoint", "init_model": "/etc/passwd"},
+    ).json()["error"]
     assert error["field"] == "student.init"  # never a path on the worker

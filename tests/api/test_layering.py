@@ -10,11 +10,14 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 def test_api_imports_neither_torch_nor_transformers() -> None:
-    code = ("import sys; import app.main; app.main.create_app(); "
-            "heavy = sorted(m for m in ('torch', 'transformers') if m in sys.modules); "
-            "print(','.join(heavy))")
-    result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True,
-                            text=True, check=True)
+    code = (
+        "import sys; import app.main; app.main.create_app(); "
+        "heavy = sorted(m for m in ('torch', 'transformers') if m in sys.modules); "
+        "print(','.join(heavy))"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True
+    )
     assert result.stdout.strip() == ""
 
 
@@ -42,16 +45,33 @@ def test_embedded_default_serves_requests_in_a_fresh_process(tmp_path: Path) -> 
     """SQLite + the SQLAlchemy broker, as `make run` starts it, with nothing pre-imported."""
     from tests.factories import TINY_SENTIMENT
 
-    env = {"PATH": "/usr/bin:/bin", "HOME": str(tmp_path),
-           "DISTILLERY_DATABASE_URL": f"sqlite:///{tmp_path}/d.db",
-           "DISTILLERY_BROKER_URL": f"sqla+sqlite:///{tmp_path}/broker.db",
-           "DISTILLERY_STORAGE_DIR": str(tmp_path / "storage"),
-           "DISTILLERY_MODEL_DIR": str(tmp_path / "models")}
-    subprocess.run([sys.executable, "-m", "alembic", "upgrade", "head"], cwd=ROOT, env=env,
-                   check=True, capture_output=True)
-    result = subprocess.run([sys.executable, "-c", EMBEDDED_SMOKE,
-                             str(TINY_SENTIMENT / "train.jsonl"), str(tmp_path / "key")],
-                            cwd=ROOT, env=env,
-                            capture_output=True, text=True)
+    env = {
+        "PATH": "/usr/bin:/bin",
+        "HOME": str(tmp_path),
+        "DISTILLERY_DATABASE_URL": f"sqlite:///{tmp_path}/d.db",
+        "DISTILLERY_BROKER_URL": f"sqla+sqlite:///{tmp_path}/broker.db",
+        "DISTILLERY_STORAGE_DIR": str(tmp_path / "storage"),
+        "DISTILLERY_MODEL_DIR": str(tmp_path / "models"),
+    }
+    subprocess.run(
+        [sys.executable, "-m", "alembic", "upgrade", "head"],
+        cwd=ROOT,
+        env=env,
+        check=True,
+        capture_output=True,
+    )
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            EMBEDDED_SMOKE,
+            str(TINY_SENTIMENT / "train.jsonl"),
+            str(tmp_path / "key"),
+        ],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     assert result.stdout.strip().endswith("ok")

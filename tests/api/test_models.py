@@ -25,8 +25,9 @@ def test_upload_zip_teacher_reports_its_shape(client: TestClient, tiny_teacher_d
     assert body["id"] in [m["id"] for m in client.get("/v1/models").json()["data"]]
 
 
-def test_upload_tar_gz_with_head_in_a_subfolder(client: TestClient, tiny_texts: list[str],
-                                                tmp_path: Path) -> None:
+def test_upload_tar_gz_with_head_in_a_subfolder(
+    client: TestClient, tiny_texts: list[str], tmp_path: Path
+) -> None:
     folder = save_tiny_bert(tmp_path / "headed", tiny_vocab(tiny_texts[:20]), labels=["neg", "pos"])
     response = client.post("/v1/models", files={"file": ("t.tar.gz", tar_gz_folder(folder))})
     assert response.status_code == 201, response.text
@@ -42,13 +43,17 @@ def _zip(entries: dict[str, bytes]) -> bytes:
     return buf.getvalue()
 
 
-@pytest.mark.parametrize(("extra", "message"), [
-    ({"pytorch_model.bin": b"pickle"}, "only safetensors"),
-    ({"../escape.txt": b"x"}, "outside the archive"),
-    ({"modeling_evil.py": b"import os"}, "custom model code"),
-])
-def test_hostile_archives_are_rejected(client: TestClient, tiny_teacher_dir: Path,
-                                       extra: dict[str, bytes], message: str) -> None:
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        ({"pytorch_model.bin": b"pickle"}, "only safetensors"),
+        ({"../escape.txt": b"x"}, "outside the archive"),
+        ({"modeling_evil.py": b"import os"}, "custom model code"),
+    ],
+)
+def test_hostile_archives_are_rejected(
+    client: TestClient, tiny_teacher_dir: Path, extra: dict[str, bytes], message: str
+) -> None:
     entries = {p.name: p.read_bytes() for p in tiny_teacher_dir.iterdir() if p.is_file()}
     response = client.post("/v1/models", files={"file": ("t.zip", _zip({**entries, **extra}))})
     assert response.status_code == 422
@@ -57,8 +62,9 @@ def test_hostile_archives_are_rejected(client: TestClient, tiny_teacher_dir: Pat
 
 
 def test_non_bert_and_non_archive_are_rejected(client: TestClient) -> None:
-    gpt = _zip({"config.json": b'{"model_type": "gpt2"}', "model.safetensors": b"",
-                "vocab.txt": b"a"})
+    gpt = _zip(
+        {"config.json": b'{"model_type": "gpt2"}', "model.safetensors": b"", "vocab.txt": b"a"}
+    )
     response = client.post("/v1/models", files={"file": ("g.zip", gpt)})
     assert response.status_code == 422
     assert "gpt2" in response.json()["error"]["message"]
@@ -67,8 +73,9 @@ def test_non_bert_and_non_archive_are_rejected(client: TestClient) -> None:
     assert response.json()["error"]["code"] == "model_invalid"
 
 
-def test_catalog_lists_local_folders_and_the_packaged_minilm(client: TestClient,
-                                                             tiny_teacher_dir: Path) -> None:
+def test_catalog_lists_local_folders_and_the_packaged_minilm(
+    client: TestClient, tiny_teacher_dir: Path
+) -> None:
     from app.config import get_settings
 
     catalog_dir = get_settings().model_dir / "my-teacher"

@@ -92,36 +92,66 @@ class _Handler(BaseHTTPRequestHandler):
         proxy = self.server.proxy
         body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
         fault = proxy.take(self.command, urlsplit(self.path).path)
-        seen = Seen(self.command, self.path, {k.lower(): v for k, v in self.headers.items()},
-                    fault.kind if fault else None)
+        seen = Seen(
+            self.command,
+            self.path,
+            {k.lower(): v for k, v in self.headers.items()},
+            fault.kind if fault else None,
+        )
         proxy.seen.append(seen)
         if fault is not None and fault.kind == "drop":
             return  # HTTP/1.0: the socket closes with nothing written
         if fault is not None and fault.kind in ("503", "404"):
-            return self._reply(seen, int(fault.kind), {}, json.dumps({"error": {
-                "code": f"injected_{fault.kind}", "message": "injected by the test proxy"}})
-                .encode())
-        headers = {k: v for k, v in self.headers.items()
-                   if k.lower() not in ("host", "content-length", "connection")}
-        response = proxy.upstream.request(self.command, self.path, content=body,
-                                          headers=headers)
-        out_headers = {k: v for k, v in response.headers.items()
-                       if k.lower() not in ("content-length", "transfer-encoding", "connection",
-                                            "content-encoding")}
+            return self._reply(
+                seen,
+                int(fault.kind),
+                {},
+                json.dumps(
+                    {
+                        "error": {
+                            "code": f"injected_{fault.kind}",
+                            "message": "injected by the test proxy",
+                        }
+                    }
+                ).encode(),
+            )
+        headers = {
+            k: v
+            for k, v in self.headers.items()
+            if k.lower() not in ("host", "content-length", "connection")
+        }
+        response = proxy.upstream.request(self.command, self.path, content=body, headers=headers)
+        out_headers = {
+            k: v
+            for k, v in response.headers.items()
+            if k.lower()
+            not in ("content-length", "transfer-encoding", "connection", "content-encoding")
+        }
         content = response.content
         if fault is not None and fault.kind == "lose":
             return self._reply(seen, 503, {}, b'{"error": {"code": "lost", "message": "lost"}}')
         if fault is not None and fault.kind == "truncate":
             out_headers["Content-Length"] = str(len(content))
-            return self._reply(seen, response.status_code, out_headers,
-                               content[:fault.keep(content)], length=False)
+            return self._reply(
+                seen,
+                response.status_code,
+                out_headers,
+                content[: fault.keep(content)],
+                length=False,
+            )
         if fault is not None and fault.kind == "cut":
-            return self._reply(seen, response.status_code, out_headers,
-                               content[:fault.keep(content)], length=False)
+            return self._reply(
+                seen,
+                response.status_code,
+                out_headers,
+                content[: fault.keep(content)],
+                length=False,
+            )
         self._reply(seen, response.status_code, out_headers, content)
 
-    def _reply(self, seen: Seen, status: int, headers: dict[str, str], body: bytes, *,
-               length: bool = True) -> None:
+    def _reply(
+        self, seen: Seen, status: int, headers: dict[str, str], body: bytes, *, length: bool = True
+    ) -> None:
         seen.status, seen.body_bytes = status, len(body)
         self.send_response(status)
         for name, value in headers.items():
@@ -149,8 +179,9 @@ def proxy(committing_client: TestClient, queue: redis.Redis) -> Iterator[FaultyP
     server = _ProxyServer(("127.0.0.1", 0), _Handler)
     server.proxy = state
     state.url = f"http://127.0.0.1:{server.server_address[1]}"
-    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05},
-                              daemon=True)
+    thread = threading.Thread(
+        target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True
+    )
     thread.start()
     yield state
     server.shutdown()
@@ -168,8 +199,11 @@ def unique_dataset(directory: Path, rows: int = 8) -> Path:
     """A small valid JSONL file whose bytes (and so sha256) no other test shares."""
     tag = uuid.uuid4().hex
     path = directory / f"ds-{tag[:8]}.jsonl"
-    path.write_bytes(jsonl_bytes([{"text": f"row {i} {tag}", "label": ("neg", "pos")[i % 2]}
-                                  for i in range(rows)]))
+    path.write_bytes(
+        jsonl_bytes(
+            [{"text": f"row {i} {tag}", "label": ("neg", "pos")[i % 2]} for i in range(rows)]
+        )
+    )
     return path
 
 
@@ -183,21 +217,43 @@ def job_id(api: DistilleryClient, dataset_id: str) -> str:
     return api.create_job(teacher=HUB_TEACHER, dataset=dataset_id).id
 
 
-def finish_job(job_id: str, *, status: str = "succeeded",
-               artifacts: dict[str, bytes] | None = None) -> None:
+def finish_job(
+    job_id: str, *, status: str = "succeeded", artifacts: dict[str, bytes] | None = None
+) -> None:
     """End a job as the worker would: artifacts in real storage, rows and event in the DB."""
     with session_factory().begin() as s:
         job = s.get(Job, job_id)
         assert job is not None
-        s.execute(update(Job).where(Job.id == job_id).values(
-            status=status, stage="done", finished_at=utcnow(), metrics={"student": {
-                "accuracy": 0.875}} if status == "succeeded" else None))
+        s.execute(
+            update(Job)
+            .where(Job.id == job_id)
+            .values(
+                status=status,
+                stage="done",
+                finished_at=utcnow(),
+                metrics={"student": {"accuracy": 0.875}} if status == "succeeded" else None,
+            )
+        )
         for name, content in (artifacts or {}).items():
             key = f"tenants/{job.tenant_id}/jobs/{job_id}/artifacts/{name}"
             stored = get_storage().put_stream(key, io.BytesIO(content))
-            artifacts_repository.replace(s, Artifact(
-                job_id=job_id, tenant_id=job.tenant_id, name=name,
-                content_type="application/octet-stream", size_bytes=stored.size_bytes,
-                sha256=stored.sha256, storage_key=key))
-        jobs_repository.add_event(s, job_id=job_id, tenant_id=job.tenant_id,
-                                  type=f"job_{status}", message=f"job {status}", data={})
+            artifacts_repository.replace(
+                s,
+                Artifact(
+                    job_id=job_id,
+                    tenant_id=job.tenant_id,
+                    name=name,
+                    content_type="application/octet-stream",
+                    size_bytes=stored.size_bytes,
+                    sha256=stored.sha256,
+                    storage_key=key,
+                ),
+            )
+        jobs_repository.add_event(
+            s,
+            job_id=job_id,
+            tenant_id=job.tenant_id,
+            type=f"job_{status}",
+            message=f"job {status}",
+            data={},
+        )

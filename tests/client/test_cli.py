@@ -28,8 +28,9 @@ runner = CliRunner(env={"COLUMNS": "200", "DISTILLERY_URL": None, "DISTILLERY_AP
 
 
 @pytest.fixture()
-def made(committing_client: TestClient, queue: Any,
-         monkeypatch: pytest.MonkeyPatch) -> Iterator[list[tuple[str, str | None]]]:
+def made(
+    committing_client: TestClient, queue: Any, monkeypatch: pytest.MonkeyPatch
+) -> Iterator[list[tuple[str, str | None]]]:
     """Point the CLI at the real app in process; records (base_url, api_key) of each client."""
     calls: list[tuple[str, str | None]] = []
 
@@ -51,8 +52,7 @@ def run_json(*args: str, code: int = 0) -> Any:
     return json.loads(run(*args, "--json", code=code).stdout)
 
 
-def test_datasets_upload_then_list_as_json_and_as_a_table(made: list[Any],
-                                                          tmp_path: Path) -> None:
+def test_datasets_upload_then_list_as_json_and_as_a_table(made: list[Any], tmp_path: Path) -> None:
     dataset = run_json("datasets", "upload", str(unique_dataset(tmp_path)))
     assert dataset["id"].startswith("ds_") and dataset["num_rows"] == 8
     page = run_json("datasets", "list", "--limit", "1")
@@ -62,23 +62,34 @@ def test_datasets_upload_then_list_as_json_and_as_a_table(made: list[Any],
 
 
 def test_list_all_follows_every_page(made: list[Any], tmp_path: Path) -> None:
-    ids = [run_json("datasets", "upload", str(unique_dataset(tmp_path)))["id"]
-           for _ in range(2)]
+    ids = [run_json("datasets", "upload", str(unique_dataset(tmp_path)))["id"] for _ in range(2)]
     page = run_json("datasets", "list", "--limit", "1", "--all")
     assert {d["id"] for d in page["data"]} >= set(ids)
     assert page["has_more"] is False
     assert f"--after {ids[1]}" in run("datasets", "list", "--limit", "1").stdout
 
 
-def test_base_url_and_api_key_come_from_flags_or_the_environment(made: list[Any],
-                                                                 api_key: str) -> None:
+def test_base_url_and_api_key_come_from_flags_or_the_environment(
+    made: list[Any], api_key: str
+) -> None:
     run("jobs", "list", env={"DISTILLERY_URL": "http://env:1", "DISTILLERY_API_KEY": api_key})
-    result = run("--base-url", "http://flag:2", "--api-key", "dk_wrong", "jobs", "list",
-                 env={"DISTILLERY_URL": "http://env:1", "DISTILLERY_API_KEY": api_key}, code=1)
+    result = run(
+        "--base-url",
+        "http://flag:2",
+        "--api-key",
+        "dk_wrong",
+        "jobs",
+        "list",
+        env={"DISTILLERY_URL": "http://env:1", "DISTILLERY_API_KEY": api_key},
+        code=1,
+    )
     assert "unauthorized" in result.stderr  # the flag's key went out, and the server said no
     run("jobs", "list")
-    assert made == [("http://env:1", api_key), ("http://flag:2", "dk_wrong"),
-                    ("http://127.0.0.1:8000", None)]
+    assert made == [
+        ("http://env:1", api_key),
+        ("http://flag:2", "dk_wrong"),
+        ("http://127.0.0.1:8000", None),
+    ]
 
 
 def test_models_upload_a_folder_then_list(made: list[Any], tiny_teacher_dir: Path) -> None:
@@ -90,13 +101,34 @@ def test_models_upload_a_folder_then_list(made: list[Any], tiny_teacher_dir: Pat
 def test_jobs_create_merges_flags_over_the_config_file(made: list[Any], tmp_path: Path) -> None:
     dataset = run_json("datasets", "upload", str(unique_dataset(tmp_path)))["id"]
     config = tmp_path / "job.json"
-    config.write_text(json.dumps({"teacher": HUB_TEACHER, "dataset": dataset, "seed": 3,
-                                  "hyperparameters": {"epochs": 5, "batch_size": 8}}))
-    job = run_json("jobs", "create", "--config", str(config), "--epochs", "2",
-                   "--max-seq-length", "64", "--student-preset", "bert-2l-128d")
+    config.write_text(
+        json.dumps(
+            {
+                "teacher": HUB_TEACHER,
+                "dataset": dataset,
+                "seed": 3,
+                "hyperparameters": {"epochs": 5, "batch_size": 8},
+            }
+        )
+    )
+    job = run_json(
+        "jobs",
+        "create",
+        "--config",
+        str(config),
+        "--epochs",
+        "2",
+        "--max-seq-length",
+        "64",
+        "--student-preset",
+        "bert-2l-128d",
+    )
     assert job["status"] == "queued" and job["seed"] == 3
-    assert (job["hyperparameters"]["epochs"], job["hyperparameters"]["batch_size"],
-            job["hyperparameters"]["max_seq_length"]) == (2, 8, 64)
+    assert (
+        job["hyperparameters"]["epochs"],
+        job["hyperparameters"]["batch_size"],
+        job["hyperparameters"]["max_seq_length"],
+    ) == (2, 8, 64)
     assert job["student"]["preset"] == "bert-2l-128d"
     job = run_json("jobs", "create", "--teacher", HUB_TEACHER, "--dataset", dataset)
     assert job["dataset"] == dataset
@@ -110,8 +142,9 @@ def test_jobs_create_without_a_teacher_is_a_usage_error(made: list[Any]) -> None
 
 def test_api_errors_print_code_and_field_and_exit_1(made: list[Any], tmp_path: Path) -> None:
     dataset = run_json("datasets", "upload", str(unique_dataset(tmp_path)))["id"]
-    result = run("jobs", "create", "--teacher", HUB_TEACHER, "--dataset", dataset,
-                 "--epochs", "0", code=1)
+    result = run(
+        "jobs", "create", "--teacher", HUB_TEACHER, "--dataset", dataset, "--epochs", "0", code=1
+    )
     assert "invalid_request" in result.stderr
     assert "(field hyperparameters.epochs)" in result.stderr
     assert "Traceback" not in result.output
@@ -120,12 +153,12 @@ def test_api_errors_print_code_and_field_and_exit_1(made: list[Any], tmp_path: P
     assert result.stdout == ""
 
 
-def test_jobs_get_list_and_cancel(made: list[Any], api: DistilleryClient,
-                                  dataset_id: str) -> None:
+def test_jobs_get_list_and_cancel(made: list[Any], api: DistilleryClient, dataset_id: str) -> None:
     job_id = api.create_job(teacher=HUB_TEACHER, dataset=dataset_id).id
     assert run_json("jobs", "get", job_id)["status"] == "queued"
-    assert job_id in [j["id"] for j in run_json("jobs", "list", "--status", "queued",
-                                                "--limit", "100")["data"]]
+    assert job_id in [
+        j["id"] for j in run_json("jobs", "list", "--status", "queued", "--limit", "100")["data"]
+    ]
     assert run_json("jobs", "cancel", job_id)["status"] == "cancelled"
     shown = run("jobs", "get", job_id).stdout
     assert job_id in shown and "cancelled" in shown
@@ -134,7 +167,8 @@ def test_jobs_get_list_and_cancel(made: list[Any], api: DistilleryClient,
 
 @pytest.mark.parametrize("as_json", [True, False])
 def test_watch_follows_the_event_stream_until_the_job_ends(
-        made: list[Any], api: DistilleryClient, job_id: str, as_json: bool) -> None:
+    made: list[Any], api: DistilleryClient, job_id: str, as_json: bool
+) -> None:
     # The stream stays open while the job is queued; cancelling it ends the stream.
     canceller = threading.Timer(0.5, api.cancel_job, args=[job_id])
     canceller.start()
@@ -149,7 +183,8 @@ def test_watch_follows_the_event_stream_until_the_job_ends(
 
 
 def test_watch_falls_back_to_polling_without_the_stream(
-        proxy: FaultyProxy, api: DistilleryClient, job_id: str, api_key: str) -> None:
+    proxy: FaultyProxy, api: DistilleryClient, job_id: str, api_key: str
+) -> None:
     proxy.faults.append(Fault("404", "GET", f"/v1/jobs/{job_id}/events"))
 
     def cancel_once_falling_back() -> None:
@@ -159,35 +194,56 @@ def test_watch_falls_back_to_polling_without_the_stream(
         # request before it forwards it, so the read could already see the job cancelled.)
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline and not any(
-                seen.status == 404 for seen in proxy.requests("GET", f"/v1/jobs/{job_id}/events")):
+            seen.status == 404 for seen in proxy.requests("GET", f"/v1/jobs/{job_id}/events")
+        ):
             time.sleep(0.01)
         api.cancel_job(job_id)
 
     canceller = threading.Thread(target=cancel_once_falling_back)
     canceller.start()
-    result = run("--base-url", proxy.url, "jobs", "watch", job_id, "--poll-interval", "0.05",
-                 env={"DISTILLERY_API_KEY": api_key}, code=1)
+    result = run(
+        "--base-url",
+        proxy.url,
+        "jobs",
+        "watch",
+        job_id,
+        "--poll-interval",
+        "0.05",
+        env={"DISTILLERY_API_KEY": api_key},
+        code=1,
+    )
     canceller.join()
     assert "cancelled" in result.stdout
     assert len(proxy.requests("GET", f"/v1/jobs/{job_id}")) >= 2  # read once, then polled
 
 
-def test_watch_exits_0_for_a_succeeded_job(made: list[Any], api: DistilleryClient,
-                                           job_id: str) -> None:
+def test_watch_exits_0_for_a_succeeded_job(
+    made: list[Any], api: DistilleryClient, job_id: str
+) -> None:
     finish_job(job_id)
     result = run("jobs", "watch", job_id)
     assert "succeeded" in result.stdout and "metrics.student.accuracy" in result.stdout
 
 
-def test_jobs_download_writes_and_verifies_the_artifact(made: list[Any], job_id: str,
-                                                        tmp_path: Path) -> None:
+def test_jobs_download_writes_and_verifies_the_artifact(
+    made: list[Any], job_id: str, tmp_path: Path
+) -> None:
     content = b'{"student": {"accuracy": 0.875}}' * 1000
     finish_job(job_id, artifacts={"metrics.json": content, "student.zip": b"PK" * 10})
-    out = run_json("jobs", "download", job_id, "--artifact", "metrics.json", "--output",
-                   str(tmp_path / "m.json"))
+    out = run_json(
+        "jobs",
+        "download",
+        job_id,
+        "--artifact",
+        "metrics.json",
+        "--output",
+        str(tmp_path / "m.json"),
+    )
     assert out["path"] == str(tmp_path / "m.json")
-    assert hashlib.sha256((tmp_path / "m.json").read_bytes()).digest() == hashlib.sha256(
-        content).digest()
+    assert (
+        hashlib.sha256((tmp_path / "m.json").read_bytes()).digest()
+        == hashlib.sha256(content).digest()
+    )
     result = run("jobs", "download", job_id, "-o", str(tmp_path))
     assert "sha256 verified" in result.stdout
     assert (tmp_path / "student.zip").read_bytes() == b"PK" * 10
@@ -196,8 +252,9 @@ def test_jobs_download_writes_and_verifies_the_artifact(made: list[Any], job_id:
 @pytest.fixture()
 def live_url(database: str, queue: Any) -> Iterator[str]:
     """The real app served by uvicorn on 127.0.0.1, for a real worker's job to stream from."""
-    server = uvicorn.Server(uvicorn.Config(create_app(), host="127.0.0.1", port=0,
-                                           log_level="warning"))
+    server = uvicorn.Server(
+        uvicorn.Config(create_app(), host="127.0.0.1", port=0, log_level="warning")
+    )
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
     deadline = time.monotonic() + 30
@@ -222,18 +279,44 @@ def worker(tmp_path: Path) -> Iterator[None]:
 @pytest.mark.e2e
 @pytest.mark.usefixtures("worker")
 def test_the_cli_runs_a_real_job_from_upload_to_download(
-        live_url: str, api_key: str, tiny_teacher_dir: Path, tmp_path: Path) -> None:
+    live_url: str, api_key: str, tiny_teacher_dir: Path, tmp_path: Path
+) -> None:
     env = {"DISTILLERY_URL": live_url, "DISTILLERY_API_KEY": api_key}
-    train, dev = (json.loads(run("datasets", "upload", str(TINY_SENTIMENT / f"{split}.jsonl"),
-                                 "--json", env=env).stdout)["id"] for split in ("train", "dev"))
-    teacher = json.loads(run("models", "upload", str(tiny_teacher_dir), "--json",
-                             env=env).stdout)["id"]
+    train, dev = (
+        json.loads(
+            run(
+                "datasets", "upload", str(TINY_SENTIMENT / f"{split}.jsonl"), "--json", env=env
+            ).stdout
+        )["id"]
+        for split in ("train", "dev")
+    )
+    teacher = json.loads(run("models", "upload", str(tiny_teacher_dir), "--json", env=env).stdout)[
+        "id"
+    ]
     config = tmp_path / "job.json"
     config.write_text(json.dumps({"student": TINY_STUDENT}))
-    job = json.loads(run("jobs", "create", "--teacher", teacher, "--dataset", train,
-                         "--validation-dataset", dev, "--config", str(config), "--epochs", "1",
-                         "--batch-size", "16", "--max-seq-length", "32", "--json",
-                         env=env).stdout)["id"]
+    job = json.loads(
+        run(
+            "jobs",
+            "create",
+            "--teacher",
+            teacher,
+            "--dataset",
+            train,
+            "--validation-dataset",
+            dev,
+            "--config",
+            str(config),
+            "--epochs",
+            "1",
+            "--batch-size",
+            "16",
+            "--max-seq-length",
+            "32",
+            "--json",
+            env=env,
+        ).stdout
+    )["id"]
 
     watched = run("jobs", "watch", job, env=env)  # exit 0: it succeeded
     assert "prediction_distill finished" in watched.stdout  # streamed while it ran

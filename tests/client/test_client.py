@@ -23,14 +23,13 @@ ARTIFACT_SHA = hashlib.sha256(ARTIFACT).hexdigest()
 
 
 def datasets_with_sha(api: DistilleryClient, sha256: str) -> list[str]:
-    return [d.id for page in api.list_datasets(limit=100) for d in page.data
-            if d.sha256 == sha256]
+    return [d.id for page in api.list_datasets(limit=100) for d in page.data if d.sha256 == sha256]
 
 
 # --- resources over the real app ---
 
-def test_upload_dataset_returns_typed_dataset_that_get_returns_again(
-        api: DistilleryClient) -> None:
+
+def test_upload_dataset_returns_typed_dataset_that_get_returns_again(api: DistilleryClient) -> None:
     dataset = api.upload_dataset(TINY_SENTIMENT / "train.jsonl")
     assert dataset.id.startswith("ds_")
     assert dataset.num_rows == 96 and dataset.label_type == "categorical"
@@ -39,8 +38,9 @@ def test_upload_dataset_returns_typed_dataset_that_get_returns_again(
     assert api.get_dataset(dataset.id) == dataset
 
 
-def test_list_datasets_follows_next_cursor_page_by_page(api: DistilleryClient,
-                                                         tmp_path: Path) -> None:
+def test_list_datasets_follows_next_cursor_page_by_page(
+    api: DistilleryClient, tmp_path: Path
+) -> None:
     ids = [api.upload_dataset(unique_dataset(tmp_path)).id for _ in range(3)]
     pages = api.list_datasets(limit=1)
     first_three = [next(pages) for _ in range(3)]
@@ -48,19 +48,25 @@ def test_list_datasets_follows_next_cursor_page_by_page(api: DistilleryClient,
     assert all(p.has_more and p.next_cursor == p.data[0].id for p in first_three[:2])
 
 
-def test_bad_dataset_row_raises_with_code_line_and_field(api: DistilleryClient,
-                                                          tmp_path: Path) -> None:
+def test_bad_dataset_row_raises_with_code_line_and_field(
+    api: DistilleryClient, tmp_path: Path
+) -> None:
     bad = tmp_path / "bad.jsonl"
     bad.write_text('{"text": "fine", "label": "pos"}\n{"label": "neg"}\n')
     with pytest.raises(DistilleryError) as info:
         api.upload_dataset(bad)
     error = info.value
-    assert (error.status, error.code, error.line, error.field) == (422, "dataset_invalid", 2,
-                                                                   "text")
+    assert (error.status, error.code, error.line, error.field) == (
+        422,
+        "dataset_invalid",
+        2,
+        "text",
+    )
 
 
 def test_upload_model_zips_a_folder_and_accepts_an_archive(
-        api: DistilleryClient, tiny_teacher_dir: Path, tmp_path: Path) -> None:
+    api: DistilleryClient, tiny_teacher_dir: Path, tmp_path: Path
+) -> None:
     from_folder = api.upload_model(tiny_teacher_dir)
     assert from_folder.id.startswith("mdl_") and from_folder.source == "upload"
     assert (from_folder.num_layers, from_folder.hidden_size) == (2, 32)
@@ -75,8 +81,14 @@ def test_upload_model_zips_a_folder_and_accepts_an_archive(
 
 
 def test_create_get_list_and_cancel_a_job(api: DistilleryClient, dataset_id: str) -> None:
-    job = api.create_job(teacher=HUB_TEACHER, dataset=dataset_id, validation_dataset=None,
-                         hyperparameters={"epochs": 2}, seed=7, webhook_url=None)
+    job = api.create_job(
+        teacher=HUB_TEACHER,
+        dataset=dataset_id,
+        validation_dataset=None,
+        hyperparameters={"epochs": 2},
+        seed=7,
+        webhook_url=None,
+    )
     assert job.id.startswith("job_") and job.status == "queued"
     assert job.hyperparameters["epochs"] == 2 and job.seed == 7
     assert api.get_job(job.id).id == job.id
@@ -96,14 +108,17 @@ def test_cancelling_an_ended_job_raises_409(api: DistilleryClient, job_id: str) 
 
 def test_invalid_job_raises_with_the_field(api: DistilleryClient, dataset_id: str) -> None:
     with pytest.raises(DistilleryError) as info:
-        api.create_job(teacher=HUB_TEACHER, dataset=dataset_id,
-                       hyperparameters={"epochs": 0})
+        api.create_job(teacher=HUB_TEACHER, dataset=dataset_id, hyperparameters={"epochs": 0})
     assert (info.value.status, info.value.code, info.value.field) == (
-        422, "invalid_request", "hyperparameters.epochs")
+        422,
+        "invalid_request",
+        "hyperparameters.epochs",
+    )
 
 
-def test_wait_polls_until_the_job_ends_and_reports_each_change(api: DistilleryClient,
-                                                               job_id: str) -> None:
+def test_wait_polls_until_the_job_ends_and_reports_each_change(
+    api: DistilleryClient, job_id: str
+) -> None:
     statuses: list[str] = []
 
     def on_update(job: object) -> None:
@@ -123,6 +138,7 @@ def test_wait_times_out_on_a_job_that_does_not_end(api: DistilleryClient, job_id
 
 # --- events and metrics ---
 
+
 def test_events_page_lists_the_job_history_in_order(api: DistilleryClient, job_id: str) -> None:
     api.cancel_job(job_id)
     page = api.events(job_id)
@@ -132,8 +148,9 @@ def test_events_page_lists_the_job_history_in_order(api: DistilleryClient, job_i
     assert [e.type for e in later.data] == ["job_cancelled"]
 
 
-def test_stream_events_yields_every_event_and_ends_with_the_job(api: DistilleryClient,
-                                                                job_id: str) -> None:
+def test_stream_events_yields_every_event_and_ends_with_the_job(
+    api: DistilleryClient, job_id: str
+) -> None:
     api.cancel_job(job_id)
     events = list(api.stream_events(job_id))
     assert [e.type for e in events] == ["job_created", "job_cancelled"]
@@ -143,12 +160,22 @@ def test_stream_events_yields_every_event_and_ends_with_the_job(api: DistilleryC
 
 @pytest.mark.parametrize("kind", ["cut", "truncate"])
 def test_a_dropped_stream_reconnects_with_last_event_id(
-        api: DistilleryClient, over_network: DistilleryClient, proxy: FaultyProxy,
-        job_id: str, kind: str) -> None:
+    api: DistilleryClient,
+    over_network: DistilleryClient,
+    proxy: FaultyProxy,
+    job_id: str,
+    kind: str,
+) -> None:
     api.cancel_job(job_id)
     # The connection ends right after the first event: cleanly, or mid-body.
-    proxy.faults.append(Fault(kind, "GET", f"/v1/jobs/{job_id}/events",  # type: ignore[arg-type]
-                              keep=lambda body: body.index(b"\r\n\r\n") + 4))
+    proxy.faults.append(
+        Fault(
+            kind,
+            "GET",
+            f"/v1/jobs/{job_id}/events",  # type: ignore[arg-type]
+            keep=lambda body: body.index(b"\r\n\r\n") + 4,
+        )
+    )
     events = list(over_network.stream_events(job_id))
     assert [e.type for e in events] == ["job_created", "job_cancelled"]
     streams = proxy.requests("GET", f"/v1/jobs/{job_id}/events")
@@ -157,8 +184,9 @@ def test_a_dropped_stream_reconnects_with_last_event_id(
     assert streams[1].headers["last-event-id"] == str(events[0].id)
 
 
-def test_stream_of_a_job_that_ended_without_a_final_event_stops(api: DistilleryClient,
-                                                                 job_id: str) -> None:
+def test_stream_of_a_job_that_ended_without_a_final_event_stops(
+    api: DistilleryClient, job_id: str
+) -> None:
     finish_job(job_id, status="failed")
     events = list(api.stream_events(job_id, last_event_id=10**12))
     assert events == []
@@ -170,16 +198,30 @@ def test_metrics_of_a_job_that_has_not_run(api: DistilleryClient, job_id: str) -
 
 
 def test_parse_sse_follows_the_wire_format() -> None:
-    lines = [": ping", "id: 7", "event: loss", "data: {\"a\":", "data: 1}", "", "retry: 5",
-             "data:x", ""]
+    lines = [
+        ": ping",
+        "id: 7",
+        "event: loss",
+        'data: {"a":',
+        "data: 1}",
+        "",
+        "retry: 5",
+        "data:x",
+        "",
+    ]
     assert list(parse_sse(lines)) == [("7", "loss", '{"a":\n1}'), ("7", "message", "x")]
 
 
 # --- retries and idempotency, over real sockets ---
 
+
 def test_post_retried_after_503s_creates_one_dataset_under_one_key(
-        api: DistilleryClient, over_network: DistilleryClient, proxy: FaultyProxy,
-        api_key: str, tmp_path: Path) -> None:
+    api: DistilleryClient,
+    over_network: DistilleryClient,
+    proxy: FaultyProxy,
+    api_key: str,
+    tmp_path: Path,
+) -> None:
     proxy.faults += [Fault("503", "POST"), Fault("drop", "POST")]
     path = unique_dataset(tmp_path)
     dataset = over_network.upload_dataset(path)
@@ -192,8 +234,8 @@ def test_post_retried_after_503s_creates_one_dataset_under_one_key(
 
 
 def test_a_lost_upload_response_replays_the_first_dataset(
-        api: DistilleryClient, over_network: DistilleryClient, proxy: FaultyProxy,
-        tmp_path: Path) -> None:
+    api: DistilleryClient, over_network: DistilleryClient, proxy: FaultyProxy, tmp_path: Path
+) -> None:
     proxy.faults.append(Fault("lose", "POST", "/v1/datasets"))
     dataset = over_network.upload_dataset(unique_dataset(tmp_path))
     assert [p.fault for p in proxy.requests("POST", "/v1/datasets")] == ["lose", None]
@@ -201,29 +243,27 @@ def test_a_lost_upload_response_replays_the_first_dataset(
 
 
 def test_a_lost_create_job_response_replays_the_first_job(
-        api: DistilleryClient, over_network: DistilleryClient, proxy: FaultyProxy,
-        dataset_id: str) -> None:
+    api: DistilleryClient, over_network: DistilleryClient, proxy: FaultyProxy, dataset_id: str
+) -> None:
     proxy.faults.append(Fault("lose", "POST", "/v1/jobs"))
     job = over_network.create_job(teacher=HUB_TEACHER, dataset=dataset_id)
     assert [p.fault for p in proxy.requests("POST", "/v1/jobs")] == ["lose", None]
-    mine = [j.id for page in api.list_jobs(limit=100) for j in page.data
-            if j.dataset == dataset_id]
+    mine = [j.id for page in api.list_jobs(limit=100) for j in page.data if j.dataset == dataset_id]
     assert mine == [job.id]
 
 
-def test_a_key_reused_with_another_body_is_refused(api: DistilleryClient,
-                                                   dataset_id: str) -> None:
+def test_a_key_reused_with_another_body_is_refused(api: DistilleryClient, dataset_id: str) -> None:
     first = api.create_job(teacher=HUB_TEACHER, dataset=dataset_id, idempotency_key="k-reuse")
     again = api.create_job(teacher=HUB_TEACHER, dataset=dataset_id, idempotency_key="k-reuse")
     assert again.id == first.id
     with pytest.raises(DistilleryError) as info:
-        api.create_job(teacher=HUB_TEACHER, dataset=dataset_id, seed=1,
-                       idempotency_key="k-reuse")
+        api.create_job(teacher=HUB_TEACHER, dataset=dataset_id, seed=1, idempotency_key="k-reuse")
     assert (info.value.status, info.value.code) == (409, "idempotency_key_reused")
 
 
-def test_a_422_is_not_retried(over_network: DistilleryClient, proxy: FaultyProxy,
-                              tmp_path: Path) -> None:
+def test_a_422_is_not_retried(
+    over_network: DistilleryClient, proxy: FaultyProxy, tmp_path: Path
+) -> None:
     bad = tmp_path / "bad.jsonl"
     bad.write_text('{"text": "no label here", "label": "pos"}\n{"text": 5, "label": "neg"}\n')
     with pytest.raises(DistilleryError) as info:
@@ -262,16 +302,18 @@ def test_an_unreachable_server_raises_connection_failed() -> None:
 
 # --- downloads ---
 
+
 def test_download_resumes_from_the_bytes_on_disk_with_range(
-        over_network: DistilleryClient, proxy: FaultyProxy, job_id: str,
-        tmp_path: Path) -> None:
+    over_network: DistilleryClient, proxy: FaultyProxy, job_id: str, tmp_path: Path
+) -> None:
     finish_job(job_id, artifacts={"student.zip": ARTIFACT})
     dest = tmp_path / "student.zip"
     half = len(ARTIFACT) // 2
     partial_path(dest).write_bytes(ARTIFACT[:half])  # what a broken download leaves
     progress: list[tuple[int, int]] = []
-    path = over_network.download_artifact(job_id, "student.zip", dest,
-                                          on_progress=lambda *a: progress.append(a))
+    path = over_network.download_artifact(
+        job_id, "student.zip", dest, on_progress=lambda *a: progress.append(a)
+    )
     assert path == dest and dest.read_bytes() == ARTIFACT
     assert not partial_path(dest).exists()
     [get] = proxy.requests("GET", f"/v1/jobs/{job_id}/artifacts/student.zip")
@@ -282,11 +324,12 @@ def test_download_resumes_from_the_bytes_on_disk_with_range(
 
 
 def test_a_download_cut_midway_resumes_in_the_same_call(
-        over_network: DistilleryClient, proxy: FaultyProxy, job_id: str,
-        tmp_path: Path) -> None:
+    over_network: DistilleryClient, proxy: FaultyProxy, job_id: str, tmp_path: Path
+) -> None:
     finish_job(job_id, artifacts={"student.zip": ARTIFACT})
-    proxy.faults.append(Fault("truncate", "GET", f"/v1/jobs/{job_id}/artifacts/",
-                              keep=lambda body: 123_457))
+    proxy.faults.append(
+        Fault("truncate", "GET", f"/v1/jobs/{job_id}/artifacts/", keep=lambda body: 123_457)
+    )
     path = over_network.download_artifact(job_id, "student.zip", tmp_path)
     assert path == tmp_path / "student.zip" and path.read_bytes() == ARTIFACT
     gets = proxy.requests("GET", f"/v1/jobs/{job_id}/artifacts/student.zip")
@@ -295,7 +338,8 @@ def test_a_download_cut_midway_resumes_in_the_same_call(
 
 
 def test_corrupt_partial_bytes_fail_the_checksum_and_are_removed(
-        api: DistilleryClient, job_id: str, tmp_path: Path) -> None:
+    api: DistilleryClient, job_id: str, tmp_path: Path
+) -> None:
     finish_job(job_id, artifacts={"student.zip": ARTIFACT})
     dest = tmp_path / "student.zip"
     partial_path(dest).write_bytes(b"\0" * 1000)
@@ -306,8 +350,9 @@ def test_corrupt_partial_bytes_fail_the_checksum_and_are_removed(
     assert api.download_artifact(job_id, "student.zip", dest).read_bytes() == ARTIFACT
 
 
-def test_download_of_a_missing_artifact_raises_404(api: DistilleryClient, job_id: str,
-                                                   tmp_path: Path) -> None:
+def test_download_of_a_missing_artifact_raises_404(
+    api: DistilleryClient, job_id: str, tmp_path: Path
+) -> None:
     finish_job(job_id, artifacts={"metrics.json": b"{}"})
     assert [a.name for a in api.list_artifacts(job_id)] == ["metrics.json"]
     with pytest.raises(DistilleryError) as info:

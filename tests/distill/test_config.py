@@ -88,8 +88,8 @@ def test_teacher_rate_follows_the_teachers_width() -> None:
 
     def teacher_rate(raw: dict, width: int | None, batch_size: int = 32) -> float | None:
         config = DistillConfig.model_validate(
-            {**raw, "hyperparameters": {**raw.get("hyperparameters", {}),
-                                        "batch_size": batch_size}})
+            {**raw, "hyperparameters": {**raw.get("hyperparameters", {}), "batch_size": batch_size}}
+        )
         resolved = config.resolved(num_train_examples=1000, teacher_width=width)
         return resolved.distillation.teacher_finetune.learning_rate
 

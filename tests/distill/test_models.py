@@ -312,12 +312,22 @@ def test_auto_slices_a_narrower_student_and_leaves_a_wider_one_random(teacher_di
     teacher = load_teacher(str(teacher_dir), task="classification", train_labels=["neg", "pos"])
 
     def build(init: str, hidden: int, intermediate: int) -> dict[str, torch.Tensor]:
-        config = DistillConfig.model_validate({"student": {
-            "preset": None, "num_layers": 2, "hidden_size": hidden, "num_attention_heads": 4,
-            "intermediate_size": intermediate, "init": init}})
+        config = DistillConfig.model_validate(
+            {
+                "student": {
+                    "preset": None,
+                    "num_layers": 2,
+                    "hidden_size": hidden,
+                    "num_attention_heads": 4,
+                    "intermediate_size": intermediate,
+                    "init": init,
+                }
+            }
+        )
         torch.manual_seed(0)
-        return build_student(config, teacher=teacher, task="classification",
-                             labels=teacher.labels).state_dict()
+        return build_student(
+            config, teacher=teacher, task="classification", labels=teacher.labels
+        ).state_dict()
 
     auto, selected = build("auto", 24, 40), build("teacher_select", 24, 40)
     assert all(torch.equal(auto[k], selected[k]) for k in auto)

@@ -21,8 +21,13 @@ from tests.workerproc import start_worker, stop_worker
 ROOT = Path(__file__).resolve().parents[2]
 DEADLINE_S = 600  # a hang guard for jobs of seconds, not a performance bound
 TERMINAL = {"succeeded", "failed", "cancelled"}
-TINY_STUDENT = {"preset": None, "num_layers": 2, "hidden_size": 16, "num_attention_heads": 2,
-                "intermediate_size": 32}
+TINY_STUDENT = {
+    "preset": None,
+    "num_layers": 2,
+    "hidden_size": 16,
+    "num_attention_heads": 2,
+    "intermediate_size": 32,
+}
 
 
 @pytest.fixture(scope="package")
@@ -39,8 +44,12 @@ def worker(worker_log: Path, database: str) -> Iterator[subprocess.Popen[bytes]]
         print(worker_log.read_text()[-5000:])
 
 
-def wait_for(client: TestClient, job_id: str, worker: subprocess.Popen[bytes],
-             until: frozenset[str] | set[str] = TERMINAL) -> dict[str, Any]:
+def wait_for(
+    client: TestClient,
+    job_id: str,
+    worker: subprocess.Popen[bytes],
+    until: frozenset[str] | set[str] = TERMINAL,
+) -> dict[str, Any]:
     """Poll as a client would, until the job reaches a wanted status (or the worker dies)."""
     deadline = time.monotonic() + DEADLINE_S
     job: dict[str, Any] = {}
@@ -56,8 +65,9 @@ def wait_for(client: TestClient, job_id: str, worker: subprocess.Popen[bytes],
 def upload_inputs(client: TestClient, teacher_dir: Path) -> tuple[str, str, str]:
     def ds(split: str) -> str:
         content = (TINY_SENTIMENT / f"{split}.jsonl").read_bytes()
-        return str(client.post("/v1/datasets", files={"file": (f"{split}.jsonl", content)})
-                   .json()["id"])
+        return str(
+            client.post("/v1/datasets", files={"file": (f"{split}.jsonl", content)}).json()["id"]
+        )
 
     teacher = client.post("/v1/models", files={"file": ("t.zip", zip_folder(teacher_dir))})
     assert teacher.status_code == 201, teacher.text
@@ -66,5 +76,6 @@ def upload_inputs(client: TestClient, teacher_dir: Path) -> tuple[str, str, str]
 
 def event_types(job_id: str) -> list[str]:
     with session_factory()() as s:
-        return list(s.scalars(select(JobEvent.type).where(JobEvent.job_id == job_id)
-                              .order_by(JobEvent.id)))
+        return list(
+            s.scalars(select(JobEvent.type).where(JobEvent.job_id == job_id).order_by(JobEvent.id))
+        )

@@ -18,15 +18,25 @@ pytestmark = pytest.mark.e2e
 
 
 def test_job_trains_a_student_that_transformers_loads(
-    committing_client: TestClient, tiny_teacher_dir: Path, worker: subprocess.Popen[bytes],
-    worker_log: Path, tmp_path: Path,
+    committing_client: TestClient,
+    tiny_teacher_dir: Path,
+    worker: subprocess.Popen[bytes],
+    worker_log: Path,
+    tmp_path: Path,
 ) -> None:
     client = committing_client
     train, dev, teacher = upload_inputs(client, tiny_teacher_dir)
-    created = client.post("/v1/jobs", json={
-        "teacher": teacher, "dataset": train, "validation_dataset": dev, "student": TINY_STUDENT,
-        "hyperparameters": {"epochs": 1, "batch_size": 16, "max_seq_length": 32},
-        "seed": 3})
+    created = client.post(
+        "/v1/jobs",
+        json={
+            "teacher": teacher,
+            "dataset": train,
+            "validation_dataset": dev,
+            "student": TINY_STUDENT,
+            "hyperparameters": {"epochs": 1, "batch_size": 16, "max_seq_length": 32},
+            "seed": 3,
+        },
+    )
     assert created.status_code == 201, created.text
 
     job = wait_for(client, created.json()["id"], worker)
@@ -39,7 +49,8 @@ def test_job_trains_a_student_that_transformers_loads(
         assert 0.0 <= metrics[who]["accuracy"] <= 1.0
         assert 0.0 <= metrics[who]["macro_f1"] <= 1.0
     assert metrics["retention"] == pytest.approx(
-        metrics["student"]["accuracy"] / metrics["teacher"]["accuracy"], rel=1e-3)
+        metrics["student"]["accuracy"] / metrics["teacher"]["accuracy"], rel=1e-3
+    )
     assert metrics["parameters"]["student"] < metrics["parameters"]["teacher"]
     types = event_types(job["id"])
     assert types[:2] == ["job_created", "job_started"]
@@ -62,15 +73,22 @@ def test_job_trains_a_student_that_transformers_loads(
     tokenizer = AutoTokenizer.from_pretrained(folder)
     assert set(model.config.id2label.values()) == {"neg", "pos"}
     prediction = pipeline("text-classification", model=model, tokenizer=tokenizer)(
-        "a warm, funny and beautifully acted film")
+        "a warm, funny and beautifully acted film"
+    )
     assert prediction[0]["label"] in {"neg", "pos"}
 
     # A second delivery of the same message must not train it again. The queue is FIFO and
     # the worker takes one message at a time, so once a job enqueued after the duplicate has
     # ended, the duplicate has been delivered and refused.
     enqueue_job(job["id"])
-    follower = client.post("/v1/jobs", json={"teacher": "distillery-tests/no-such-model",
-                                             "dataset": train, "student": TINY_STUDENT})
+    follower = client.post(
+        "/v1/jobs",
+        json={
+            "teacher": "distillery-tests/no-such-model",
+            "dataset": train,
+            "student": TINY_STUDENT,
+        },
+    )
     assert follower.json()["teacher_source"] == "hub"
     failed = wait_for(client, follower.json()["id"], worker)
     # Offline, the real from_pretrained cannot reach the hub: a clear error, not a crash.

@@ -57,8 +57,9 @@ def read_sse(client: TestClient, job_id: str, last_event_id: str | None = None) 
     """Read the stream to its end (the server closes it when the job has ended)."""
     headers = {"Last-Event-ID": last_event_id} if last_event_id else {}
     events, current = [], {}
-    with client.stream("GET", f"/v1/jobs/{job_id}/events", params={"stream": "true"},
-                       headers=headers) as response:
+    with client.stream(
+        "GET", f"/v1/jobs/{job_id}/events", params={"stream": "true"}, headers=headers
+    ) as response:
         assert response.status_code == 200
         assert response.headers["content-type"].startswith("text/event-stream")
         for line in response.iter_lines():
@@ -85,15 +86,24 @@ def wait_until(predicate: Any, worker: subprocess.Popen[bytes]) -> Any:
 
 
 def test_live_events_metrics_checkpoints_webhook_and_ranged_download(
-    committing_client: TestClient, tiny_teacher_dir: Path, worker: subprocess.Popen[bytes],
+    committing_client: TestClient,
+    tiny_teacher_dir: Path,
+    worker: subprocess.Popen[bytes],
     receiver: Receiver,
 ) -> None:
     client = committing_client
     train, dev, teacher = upload_inputs(client, tiny_teacher_dir)
-    created = client.post("/v1/jobs", json={
-        "teacher": teacher, "dataset": train, "validation_dataset": dev, "student": TINY_STUDENT,
-        "hyperparameters": {"epochs": 1, "batch_size": 16, "max_seq_length": 32},
-        "webhook_url": receiver.url}).json()
+    created = client.post(
+        "/v1/jobs",
+        json={
+            "teacher": teacher,
+            "dataset": train,
+            "validation_dataset": dev,
+            "student": TINY_STUDENT,
+            "hyperparameters": {"epochs": 1, "batch_size": 16, "max_seq_length": 32},
+            "webhook_url": receiver.url,
+        },
+    ).json()
     job_id, secret = created["id"], created["webhook_secret"]
     assert secret.startswith("whsec_")
     assert client.get(f"/v1/jobs/{job_id}").json()["webhook_secret"] is None  # shown once
@@ -136,17 +146,23 @@ def test_live_events_metrics_checkpoints_webhook_and_ranged_download(
     assert head.headers["content-range"].startswith("bytes 0-99/")
     tail = client.get(url, headers={"Range": "bytes=100-"})
     assert tail.status_code == 206
-    assert hashlib.sha256(head.content + tail.content).hexdigest() == \
-        listing["student.zip"]["sha256"]
+    assert (
+        hashlib.sha256(head.content + tail.content).hexdigest() == listing["student.zip"]["sha256"]
+    )
     assert head.headers["etag"].strip('"') == listing["student.zip"]["sha256"]
 
     # The webhook: first attempt gets a 500, the retry lands; both recorded; signature valid.
-    deliveries = wait_until(lambda: [
-        d for d in client.get(f"/v1/jobs/{job_id}/webhook-deliveries").json()
-        if d["succeeded"]], worker)
+    deliveries = wait_until(
+        lambda: [
+            d for d in client.get(f"/v1/jobs/{job_id}/webhook-deliveries").json() if d["succeeded"]
+        ],
+        worker,
+    )
     history = client.get(f"/v1/jobs/{job_id}/webhook-deliveries").json()
     assert [(d["attempt"], d["status_code"], d["succeeded"]) for d in history] == [
-        (1, 500, False), (2, 204, True)]
+        (1, 500, False),
+        (2, 204, True),
+    ]
     assert deliveries[0]["event_type"] == "job.succeeded"
     headers, body = receiver.requests[-1]
     payload = Webhook(secret).verify(body, headers)
@@ -158,20 +174,34 @@ def test_live_events_metrics_checkpoints_webhook_and_ranged_download(
 
 
 def test_cancel_running_job_stops_and_keeps_its_last_checkpoint(
-    committing_client: TestClient, tiny_teacher_dir: Path, worker: subprocess.Popen[bytes],
+    committing_client: TestClient,
+    tiny_teacher_dir: Path,
+    worker: subprocess.Popen[bytes],
 ) -> None:
     client = committing_client
     train, dev, teacher = upload_inputs(client, tiny_teacher_dir)
     receiver = Receiver(fail_first=0)
     try:
-        job = client.post("/v1/jobs", json={
-            "teacher": teacher, "dataset": train, "validation_dataset": dev,
-            "student": TINY_STUDENT, "webhook_url": receiver.url,
-            "hyperparameters": {"epochs": 300, "batch_size": 16, "max_seq_length": 32},
-            "distillation": {"teacher_finetune": {"epochs": 1}}}).json()
+        job = client.post(
+            "/v1/jobs",
+            json={
+                "teacher": teacher,
+                "dataset": train,
+                "validation_dataset": dev,
+                "student": TINY_STUDENT,
+                "webhook_url": receiver.url,
+                "hyperparameters": {"epochs": 300, "batch_size": 16, "max_seq_length": 32},
+                "distillation": {"teacher_finetune": {"epochs": 1}},
+            },
+        ).json()
         # Cancelled once the student exists, so its checkpoint can seed another job below.
-        wait_until(lambda: (j := client.get(f"/v1/jobs/{job['id']}").json())["status"]
-                   == "running" and j["stage"] == "intermediate_distill", worker)
+        wait_until(
+            lambda: (
+                (j := client.get(f"/v1/jobs/{job['id']}").json())["status"] == "running"
+                and j["stage"] == "intermediate_distill"
+            ),
+            worker,
+        )
         cancel = client.post(f"/v1/jobs/{job['id']}/cancel")
         assert cancel.status_code == 200
         assert cancel.json()["cancel_requested"] is True
@@ -180,9 +210,13 @@ def test_cancel_running_job_stops_and_keeps_its_last_checkpoint(
         assert ended["progress"]["step"] < ended["progress"]["total_steps"]
         assert client.post(f"/v1/jobs/{job['id']}/cancel").status_code == 200  # idempotent
 
-        types = [e["type"] for e in client.get(f"/v1/jobs/{job['id']}/events",
-                                               params={"limit": 1000}).json()["data"]]
-        after_request = types[types.index("cancel_requested"):]
+        types = [
+            e["type"]
+            for e in client.get(f"/v1/jobs/{job['id']}/events", params={"limit": 1000}).json()[
+                "data"
+            ]
+        ]
+        after_request = types[types.index("cancel_requested") :]
         assert after_request[-2:] == ["checkpoint_saved", "job_cancelled"]
         last = client.get(f"/v1/jobs/{job['id']}/checkpoints").json()[-1]
         assert last["available"] is True and last["step"] == ended["progress"]["step"]
@@ -191,15 +225,28 @@ def test_cancel_running_job_stops_and_keeps_its_last_checkpoint(
 
         # A new job starts its student from that checkpoint.
         shaped_otherwise = {**TINY_STUDENT, "hidden_size": 8}
-        refused = client.post("/v1/jobs", json={
-            "teacher": teacher, "dataset": train, "student": shaped_otherwise,
-            "init_from": {"job": job["id"]}})
+        refused = client.post(
+            "/v1/jobs",
+            json={
+                "teacher": teacher,
+                "dataset": train,
+                "student": shaped_otherwise,
+                "init_from": {"job": job["id"]},
+            },
+        )
         assert refused.status_code == 422
         assert refused.json()["error"]["field"] == "init_from.job"
-        follow_up = client.post("/v1/jobs", json={
-            "teacher": teacher, "dataset": train, "validation_dataset": dev,
-            "student": TINY_STUDENT, "init_from": {"job": job["id"]},
-            "hyperparameters": {"epochs": 1, "batch_size": 16, "max_seq_length": 32}}).json()
+        follow_up = client.post(
+            "/v1/jobs",
+            json={
+                "teacher": teacher,
+                "dataset": train,
+                "validation_dataset": dev,
+                "student": TINY_STUDENT,
+                "init_from": {"job": job["id"]},
+                "hyperparameters": {"epochs": 1, "batch_size": 16, "max_seq_length": 32},
+            },
+        ).json()
         assert follow_up["init_from"] == {"job": job["id"], "step": last["step"]}
         finished = wait_for(client, follow_up["id"], worker)
         assert finished["status"] == "succeeded", finished["error"]

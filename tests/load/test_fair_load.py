@@ -31,9 +31,11 @@ pytestmark = pytest.mark.e2e
 JOBS_PER_TENANT = 25
 DEADLINE_S = 1200  # a hang guard, not a performance bound
 LIFECYCLE = ("job_created", "job_started", "job_succeeded", "job_failed", "job_cancelled")
-QUICK = {"student": TINY_STUDENT,
-         "hyperparameters": {"epochs": 1, "batch_size": 32, "max_seq_length": 32},
-         "export": {"onnx": False, "int8": False, "latency_runs": 1}}
+QUICK = {
+    "student": TINY_STUDENT,
+    "hyperparameters": {"epochs": 1, "batch_size": 32, "max_seq_length": 32},
+    "export": {"onnx": False, "int8": False, "latency_runs": 1},
+}
 
 
 @pytest.fixture()
@@ -79,9 +81,12 @@ def until(predicate: Any, workers: list[subprocess.Popen[bytes]]) -> None:
         time.sleep(0.5)
 
 
-def test_fifty_jobs_two_tenants_two_workers(tenants: dict[str, TestClient],
-                                            workers: list[subprocess.Popen[bytes]],
-                                            tmp_path: Path, tiny_teacher_dir: Path) -> None:
+def test_fifty_jobs_two_tenants_two_workers(
+    tenants: dict[str, TestClient],
+    workers: list[subprocess.Popen[bytes]],
+    tmp_path: Path,
+    tiny_teacher_dir: Path,
+) -> None:
     a_ids = submit(tenants["load-a"], tiny_teacher_dir)  # tenant A's whole burst first...
     b_ids = submit(tenants["load-b"], tiny_teacher_dir)  # ...then tenant B's
     all_ids = set(a_ids) | set(b_ids)
@@ -96,14 +101,17 @@ def test_fifty_jobs_two_tenants_two_workers(tenants: dict[str, TestClient],
 
     until(done, workers)
     broker = redis.Redis.from_url(get_settings().broker_url)
-    until(lambda: broker.llen(get_settings().queue_name) == 0 and broker.hlen("unacked") == 0,
-          workers)
+    until(
+        lambda: broker.llen(get_settings().queue_name) == 0 and broker.hlen("unacked") == 0, workers
+    )
 
     with session_factory()() as s:
         jobs = {j.id: j for j in s.scalars(select(Job).where(Job.id.in_(all_ids)))}
-        events = s.scalars(select(JobEvent).where(JobEvent.job_id.in_(all_ids),
-                                                  JobEvent.type.in_(LIFECYCLE))
-                           .order_by(JobEvent.id)).all()
+        events = s.scalars(
+            select(JobEvent)
+            .where(JobEvent.job_id.in_(all_ids), JobEvent.type.in_(LIFECYCLE))
+            .order_by(JobEvent.id)
+        ).all()
         artifacts = s.scalars(select(Artifact).where(Artifact.job_id.in_(all_ids))).all()
 
     # Everything finished exactly once.
@@ -130,7 +138,8 @@ def test_fifty_jobs_two_tenants_two_workers(tenants: dict[str, TestClient],
                 contested_starts += 1
                 assert running[tenant] <= running[other], (
                     f"{tenant} started a job while running {running[tenant]} to the other "
-                    f"tenant's {running[other]} with {queued[other]} of theirs queued")
+                    f"tenant's {running[other]} with {queued[other]} of theirs queued"
+                )
             queued[tenant] -= 1
             running[tenant] += 1
         else:

@@ -50,9 +50,16 @@ def wait(client: TestClient, job_id: str, predicate: Any) -> dict[str, Any]:
 
 def start_long_job(client: TestClient, teacher_dir: Path) -> str:
     train, dev, teacher = upload_inputs(client, teacher_dir)
-    job = client.post("/v1/jobs", json={
-        "teacher": teacher, "dataset": train, "validation_dataset": dev, "student": TINY_STUDENT,
-        "hyperparameters": {"epochs": 20, "batch_size": 16, "max_seq_length": 32}}).json()
+    job = client.post(
+        "/v1/jobs",
+        json={
+            "teacher": teacher,
+            "dataset": train,
+            "validation_dataset": dev,
+            "student": TINY_STUDENT,
+            "hyperparameters": {"epochs": 20, "batch_size": 16, "max_seq_length": 32},
+        },
+    ).json()
     return str(job["id"])
 
 
@@ -73,7 +80,9 @@ def assert_whole_history(client: TestClient, job: dict[str, Any]) -> None:
 
 
 def test_sigkilled_worker_s_job_resumes_on_another_worker(
-    committing_client: TestClient, tiny_teacher_dir: Path, tmp_path: Path,
+    committing_client: TestClient,
+    tiny_teacher_dir: Path,
+    tmp_path: Path,
     workers: list[subprocess.Popen[bytes]],
 ) -> None:
     client = committing_client
@@ -98,7 +107,9 @@ def test_sigkilled_worker_s_job_resumes_on_another_worker(
 
 
 def test_sigterm_checkpoints_and_hands_the_job_back(
-    committing_client: TestClient, tiny_teacher_dir: Path, tmp_path: Path,
+    committing_client: TestClient,
+    tiny_teacher_dir: Path,
+    tmp_path: Path,
     workers: list[subprocess.Popen[bytes]],
 ) -> None:
     client = committing_client
@@ -123,7 +134,9 @@ def test_sigterm_checkpoints_and_hands_the_job_back(
 
 @pytest.mark.skipif(shutil.which("pg_ctlcluster") is None, reason="needs pg_ctlcluster")
 def test_postgres_restart_during_a_job_loses_nothing(
-    committing_client: TestClient, tiny_teacher_dir: Path, tmp_path: Path,
+    committing_client: TestClient,
+    tiny_teacher_dir: Path,
+    tmp_path: Path,
     workers: list[subprocess.Popen[bytes]],
 ) -> None:
     client = committing_client
@@ -131,8 +144,11 @@ def test_postgres_restart_during_a_job_loses_nothing(
     job_id = start_long_job(client, tiny_teacher_dir)
     wait(client, job_id, lambda j: j["status"] == "running" and j["progress"]["step"] > 5)
     version = next(p.name for p in Path("/etc/postgresql").iterdir())
-    subprocess.run(["pg_ctlcluster", "--skip-systemctl-redirect", version, "main", "restart"],
-                   check=True, capture_output=True)
+    subprocess.run(
+        ["pg_ctlcluster", "--skip-systemctl-redirect", version, "main", "restart"],
+        check=True,
+        capture_output=True,
+    )
     job = wait(client, job_id, lambda j: j["status"] in TERMINAL)
     assert job["status"] == "succeeded", job["error"]
     assert job["attempts"] == 1
@@ -141,7 +157,8 @@ def test_postgres_restart_during_a_job_loses_nothing(
 
 
 def test_failing_disk_fails_the_job_cleanly(
-    committing_client: TestClient, tiny_teacher_dir: Path,
+    committing_client: TestClient,
+    tiny_teacher_dir: Path,
     workers: list[subprocess.Popen[bytes]],
 ) -> None:
     """Every file the worker writes is capped at 16 KiB by the kernel (RLIMIT_FSIZE): the
@@ -165,14 +182,31 @@ def test_failing_disk_fails_the_job_cleanly(
     assert workers[0].poll() is None  # the worker itself carries on
 
 
-REDIS_START = ["redis-server", "--daemonize", "yes", "--bind", "127.0.0.1", "-::1",
-               "--port", "6379", "--save", "", "--appendonly", "no",
-               "--dir", "/var/lib/redis", "--logfile", "/var/log/redis/ci.log"]
+REDIS_START = [
+    "redis-server",
+    "--daemonize",
+    "yes",
+    "--bind",
+    "127.0.0.1",
+    "-::1",
+    "--port",
+    "6379",
+    "--save",
+    "",
+    "--appendonly",
+    "no",
+    "--dir",
+    "/var/lib/redis",
+    "--logfile",
+    "/var/log/redis/ci.log",
+]
 
 
 @pytest.mark.skipif(shutil.which("redis-server") is None, reason="needs redis-server")
 def test_redis_restart_during_a_job_loses_nothing(
-    committing_client: TestClient, tiny_teacher_dir: Path, tmp_path: Path,
+    committing_client: TestClient,
+    tiny_teacher_dir: Path,
+    tmp_path: Path,
     workers: list[subprocess.Popen[bytes]],
 ) -> None:
     """The broker goes away mid-training (and comes back empty: no persistence here). The

@@ -42,15 +42,22 @@ def test_stale_running_job_is_taken_over_and_a_fresh_one_is_not(queued_job: str)
     assert taken is not None and taken.worker == "rescuer" and taken.attempts == 2
     assert claim(sessions, queued_job, worker="third") is None  # rescuer's heartbeat is fresh
     with sessions() as s:
-        started = s.scalars(select(JobEvent).where(JobEvent.job_id == queued_job,
-                                                   JobEvent.type == "job_started")
-                            .order_by(JobEvent.id)).all()
+        started = s.scalars(
+            select(JobEvent)
+            .where(JobEvent.job_id == queued_job, JobEvent.type == "job_started")
+            .order_by(JobEvent.id)
+        ).all()
     assert [e.data["takeover"] for e in started] == [False, True]
 
 
 def test_attempts_cap_fails_the_job(queued_job: str) -> None:  # noqa: F811
-    _set(queued_job, status="running", worker="gone", attempts=get_settings().max_attempts,
-         heartbeat_at=_silent_for(get_settings().heartbeat_stale_seconds + 1))
+    _set(
+        queued_job,
+        status="running",
+        worker="gone",
+        attempts=get_settings().max_attempts,
+        heartbeat_at=_silent_for(get_settings().heartbeat_stale_seconds + 1),
+    )
     assert claim(session_factory(), queued_job, worker="rescuer") is None
     job = _job(queued_job)
     assert (job.status, job.error_code) == ("failed", "worker_lost")
@@ -58,7 +65,9 @@ def test_attempts_cap_fails_the_job(queued_job: str) -> None:  # noqa: F811
 
 
 def test_reaper_requeues_a_vanished_worker_s_job_and_resends_lost_messages(
-    queued_job: str, committing_client: TestClient, queue: redis.Redis,  # noqa: F811
+    queued_job: str,
+    committing_client: TestClient,
+    queue: redis.Redis,  # noqa: F811
 ) -> None:
     settings = get_settings()
     assert claim(session_factory(), queued_job, worker="vanished") is not None
@@ -71,8 +80,11 @@ def test_reaper_requeues_a_vanished_worker_s_job_and_resends_lost_messages(
     assert reap_stale_jobs() == []  # nothing more to do: the message was just sent
 
     with session_factory().begin() as s:  # this job is the only queued one from here on
-        s.execute(update(Job).where(Job.status == "queued", Job.id != queued_job)
-                  .values(status="cancelled"))
+        s.execute(
+            update(Job)
+            .where(Job.status == "queued", Job.id != queued_job)
+            .values(status="cancelled")
+        )
     _set(queued_job, enqueued_at=_silent_for(settings.requeue_queued_after_seconds + 1))
     assert reap_stale_jobs() == []  # a long wait alone is no reason: its message is there
 
@@ -83,8 +95,13 @@ def test_reaper_requeues_a_vanished_worker_s_job_and_resends_lost_messages(
 
 def test_reaper_fails_a_job_at_the_attempts_cap(queued_job: str) -> None:  # noqa: F811
     settings = get_settings()
-    _set(queued_job, status="running", worker="gone", attempts=settings.max_attempts,
-         heartbeat_at=_silent_for(settings.heartbeat_stale_seconds + 1))
+    _set(
+        queued_job,
+        status="running",
+        worker="gone",
+        attempts=settings.max_attempts,
+        heartbeat_at=_silent_for(settings.heartbeat_stale_seconds + 1),
+    )
     assert reap_stale_jobs() == [queued_job]
     assert _job(queued_job).error_code == "worker_lost"
 
@@ -93,10 +110,13 @@ def test_a_worker_that_lost_its_claim_stops(queued_job: str) -> None:  # noqa: F
     sessions = session_factory()
     job = claim(sessions, queued_job, worker="slow")
     assert job is not None
-    callbacks = JobCallbacks(sessions=sessions, job_id=job.id, tenant_id=job.tenant_id,
-                             owner="slow", settings=get_settings())
+    callbacks = JobCallbacks(
+        sessions=sessions,
+        job_id=job.id,
+        tenant_id=job.tenant_id,
+        owner="slow",
+        settings=get_settings(),
+    )
     assert callbacks.should_stop() is False
     _set(queued_job, worker="rescuer")  # another worker took it over meanwhile
     assert callbacks.should_stop() is True and callbacks.stop_reason == "lost"
-
-

@@ -19,10 +19,12 @@ from workers.runner import claim, run_job
 @pytest.fixture()
 def queued_job(committing_client: TestClient, tiny_teacher_dir: Path, queue: redis.Redis) -> str:
     client = committing_client
-    ds = client.post("/v1/datasets", files={
-        "file": ("t.jsonl", (TINY_SENTIMENT / "train.jsonl").read_bytes())}).json()["id"]
-    teacher = client.post("/v1/models", files={
-        "file": ("t.zip", zip_folder(tiny_teacher_dir))}).json()["id"]
+    ds = client.post(
+        "/v1/datasets", files={"file": ("t.jsonl", (TINY_SENTIMENT / "train.jsonl").read_bytes())}
+    ).json()["id"]
+    teacher = client.post(
+        "/v1/models", files={"file": ("t.zip", zip_folder(tiny_teacher_dir))}
+    ).json()["id"]
     job = client.post("/v1/jobs", json={"teacher": teacher, "dataset": ds}).json()
     assert job["status"] == "queued"
     return str(job["id"])
@@ -37,8 +39,9 @@ def _job(job_id: str) -> Job:
 
 def _event_types(job_id: str) -> list[str]:
     with session_factory()() as s:
-        return list(s.scalars(select(JobEvent.type).where(JobEvent.job_id == job_id)
-                              .order_by(JobEvent.id)))
+        return list(
+            s.scalars(select(JobEvent.type).where(JobEvent.job_id == job_id).order_by(JobEvent.id))
+        )
 
 
 def test_two_concurrent_claims_let_exactly_one_worker_run(queued_job: str) -> None:

@@ -206,8 +206,9 @@ def build_student(
         assert s.init_model is not None  # the config validator guarantees it
         load_checkpoint_student(student, s.init_model)
         return student
-    init = effective_init(s.init, teacher=t_cfg, hidden=dims.hidden_size,
-                          intermediate=dims.intermediate_size)
+    init = effective_init(
+        s.init, teacher=t_cfg, hidden=dims.hidden_size, intermediate=dims.intermediate_size
+    )
     if init in ("teacher_layers", "teacher_select"):
         if init == "teacher_layers" and not same_width:
             raise DistillError(

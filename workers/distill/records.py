@@ -102,15 +102,19 @@ def _refuse_formula(value: str, *, line: int, name: str) -> None:
         raise RecordError(
             f"'{name}' looks like a spreadsheet formula (it starts with {value.lstrip()[0]!r} "
             "and calls a function or a DDE link), which would run if the data were opened in a "
-            "spreadsheet; reword it or start it with an apostrophe (')", line=line, field=name)
+            "spreadsheet; reword it or start it with an apostrophe (')",
+            line=line,
+            field=name,
+        )
 
 
 def _label(value: Any, *, line: int) -> str | float | None:
     if value is None or (isinstance(value, str) and not value.strip()):
         return None
     if isinstance(value, bool):
-        raise RecordError("'label' must be a string or a number, not a boolean", line=line,
-                          field="label")
+        raise RecordError(
+            "'label' must be a string or a number, not a boolean", line=line, field="label"
+        )
     if isinstance(value, int):
         return str(value)
     if isinstance(value, float):
@@ -119,8 +123,7 @@ def _label(value: Any, *, line: int) -> str | float | None:
         return str(int(value)) if value.is_integer() else value
     if isinstance(value, str):
         if _is_number(value) and not math.isfinite(float(value)):  # "nan", "+inf", "1e999"
-            raise RecordError(f"'label' {value!r} is not a usable label", line=line,
-                              field="label")
+            raise RecordError(f"'label' {value!r} is not a usable label", line=line, field="label")
         _refuse_formula(value, line=line, name="label")
         return value.strip()
     raise RecordError("'label' must be a string or a number", line=line, field="label")
@@ -153,8 +156,9 @@ def _csv_rows(stream: BinaryIO) -> Iterator[tuple[int, dict[str, Any]]]:
     try:
         fieldnames = reader.fieldnames
     except csv.Error as exc:
-        raise RecordError(f"malformed CSV header ({exc})", line=numbers[-1] if numbers else 1,
-                          field="file") from exc
+        raise RecordError(
+            f"malformed CSV header ({exc})", line=numbers[-1] if numbers else 1, field="file"
+        ) from exc
     if fieldnames is None:
         raise RecordError("the CSV file is empty", line=1)
     header = [h.strip() for h in fieldnames]
@@ -163,8 +167,9 @@ def _csv_rows(stream: BinaryIO) -> Iterator[tuple[int, dict[str, Any]]]:
     seen: set[str] = set()
     for name in header:
         if name in seen and name:
-            raise RecordError(f"the CSV header has the column '{name}' more than once", line=1,
-                              field=name)
+            raise RecordError(
+                f"the CSV header has the column '{name}' more than once", line=1, field=name
+            )
         seen.add(name)
     reader.fieldnames = header
     try:
@@ -177,8 +182,12 @@ def _csv_rows(stream: BinaryIO) -> Iterator[tuple[int, dict[str, Any]]]:
         raise RecordError(f"malformed CSV ({exc})", line=numbers[-1] if numbers else 1) from exc
 
 
-def parse_rows(rows: Iterable[tuple[int, dict[str, Any]]], *, fmt: Literal["jsonl", "csv"],
-               numeric_csv_labels: bool = True) -> ParsedDataset:
+def parse_rows(
+    rows: Iterable[tuple[int, dict[str, Any]]],
+    *,
+    fmt: Literal["jsonl", "csv"],
+    numeric_csv_labels: bool = True,
+) -> ParsedDataset:
     examples: list[Example] = []
     labelled: bool | None = None
     for line, obj in rows:
@@ -191,7 +200,9 @@ def parse_rows(rows: Iterable[tuple[int, dict[str, Any]]], *, fmt: Literal["json
         elif labelled != (label is not None):
             raise RecordError(
                 "'label' is missing" if labelled else "'label' is set but earlier rows have none",
-                line=line, field="label")
+                line=line,
+                field="label",
+            )
         examples.append(Example(text=text, text_pair=pair, label=label))
 
     if len(examples) < MIN_ROWS:
@@ -204,12 +215,19 @@ def parse_rows(rows: Iterable[tuple[int, dict[str, Any]]], *, fmt: Literal["json
         examples = [Example(e.text, e.text_pair, str(e.label)) for e in examples]
         labels = sorted({str(e.label) for e in examples})
         if len(labels) < 2:
-            raise RecordError(f"every row has the label {labels[0]!r}; a classifier needs at "
-                              "least two classes", field="label")
+            raise RecordError(
+                f"every row has the label {labels[0]!r}; a classifier needs at least two classes",
+                field="label",
+            )
     else:
         labels = []
-    return ParsedDataset(format=fmt, examples=examples, label_type=label_type, labels=labels,
-                         has_text_pair=any(e.text_pair is not None for e in examples))
+    return ParsedDataset(
+        format=fmt,
+        examples=examples,
+        label_type=label_type,
+        labels=labels,
+        has_text_pair=any(e.text_pair is not None for e in examples),
+    )
 
 
 def _is_number(value: str | float | None) -> bool:
@@ -230,11 +248,17 @@ def _label_type(examples: list[Example], *, fmt: str, numeric_csv_labels: bool) 
     if any(isinstance(v, float) for v in values):
         for number, v in enumerate(values, start=1):
             if not _is_number(v):
-                raise RecordError(f"'label' {v!r} is not a number but other labels are",
-                                  field="label", line=number)
+                raise RecordError(
+                    f"'label' {v!r} is not a number but other labels are",
+                    field="label",
+                    line=number,
+                )
         return "numeric"
-    if fmt == "csv" and numeric_csv_labels and all(_is_number(v) for v in values) and any(
-        not float(str(v)).is_integer() for v in values
+    if (
+        fmt == "csv"
+        and numeric_csv_labels
+        and all(_is_number(v) for v in values)
+        and any(not float(str(v)).is_integer() for v in values)
     ):
         return "numeric"
     return "categorical"

@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from datetime import UTC, datetime
 from functools import lru_cache
-from typing import Annotated, Any
+from typing import Any
 
-from fastapi import Depends
 from sqlalchemy import JSON, DateTime, MetaData, create_engine, event
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import DeclarativeBase, Session, sessionmaker
@@ -79,19 +77,3 @@ def session_factory() -> sessionmaker[Session]:
     import app.all_models  # noqa: F401  (every mapper registered before the first query)
 
     return sessionmaker(bind=get_engine(), expire_on_commit=False)
-
-
-def get_session() -> Iterator[Session]:
-    """Request-scoped session; the request boundary commits, services never do."""
-    session = session_factory()()
-    try:
-        yield session
-        session.commit()
-    except Exception:
-        session.rollback()
-        raise
-    finally:
-        session.close()
-
-
-SessionDep = Annotated[Session, Depends(get_session)]

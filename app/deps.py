@@ -2,12 +2,30 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from typing import Annotated
 
 from fastapi import Depends, Header
+from sqlalchemy.orm import Session
 
 from app.auth.service import authenticate
-from app.db import SessionDep
+from app.db import session_factory
+
+
+def get_session() -> Iterator[Session]:
+    """Request-scoped session; the request boundary commits, services never do."""
+    session = session_factory()()
+    try:
+        yield session
+        session.commit()
+    except Exception:
+        session.rollback()
+        raise
+    finally:
+        session.close()
+
+
+SessionDep = Annotated[Session, Depends(get_session)]
 
 
 def current_tenant(

@@ -37,7 +37,7 @@ def teacher_path() -> Path:
 
 def read_split(dataset: str, split: str, data_dir: Path = DATASETS_DIR) -> list[Any]:
     """A split as engine Examples, read the way the worker reads a stored dataset."""
-    from workers.distill.records import read_jsonl
+    from contract.records import read_jsonl
 
     path = data_dir / dataset / f"{split}.jsonl"
     if not path.is_file():

@@ -53,8 +53,8 @@ offline_env()
 
 import httpx  # noqa: E402
 
-from workers.distill.config import PRESETS  # noqa: E402
-from workers.distill.records import to_jsonl  # noqa: E402
+from contract.config import PRESETS  # noqa: E402
+from contract.records import to_jsonl  # noqa: E402
 
 DATASET = "rt-polarity"
 TEACHER = "all-MiniLM-L6-v2"

@@ -72,7 +72,7 @@ from sklearn.feature_extraction.text import TfidfVectorizer  # noqa: E402
 from sklearn.pipeline import Pipeline  # noqa: E402
 from sklearn.svm import LinearSVC  # noqa: E402
 
-from workers.distill.config import (  # noqa: E402
+from contract.config import (  # noqa: E402
     PRESETS,
     DistillationConfig,
     DistillConfig,
@@ -83,8 +83,8 @@ from workers.distill.config import (  # noqa: E402
     StudentConfig,
     recipe_epochs,
 )
+from contract.records import Example  # noqa: E402
 from workers.distill.evaluate import classification_metrics  # noqa: E402
-from workers.distill.records import Example  # noqa: E402
 from workers.distill.trainer import Event, Progress, RunResult, run  # noqa: E402
 
 DATASETS = ("rt-polarity", "r8", "sms-spam")

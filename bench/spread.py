@@ -30,7 +30,7 @@ import quality as Q
 import torch
 from _common import RESULTS_DIR, log, write_json
 
-from workers.distill.config import DistillationConfig, LossWeights, StageConfig, StudentConfig
+from contract.config import DistillationConfig, LossWeights, StageConfig, StudentConfig
 from workers.distill.models import layer_map
 from workers.distill.trainer import Event, Progress, run
 

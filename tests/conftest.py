@@ -50,7 +50,8 @@ from fastapi.testclient import TestClient  # noqa: E402
 from sqlalchemy.orm import Session  # noqa: E402
 
 from app.config import get_settings  # noqa: E402
-from app.db import get_engine, get_session  # noqa: E402
+from app.db import get_engine  # noqa: E402
+from app.deps import get_session  # noqa: E402
 from app.main import create_app  # noqa: E402
 from tests.factories import TINY_SENTIMENT, read_jsonl, save_tiny_bert, tiny_vocab  # noqa: E402
 
@@ -125,7 +126,7 @@ def client(db_session: Session, queue: redis.Redis) -> Iterator[TestClient]:
     db_session.commit()  # a savepoint release: the outer transaction still rolls back
     app = create_app()
 
-    def _session() -> Iterator[Session]:  # the same boundary as app.db.get_session
+    def _session() -> Iterator[Session]:  # the same boundary as app.deps.get_session
         try:
             yield db_session
             db_session.commit()

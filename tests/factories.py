@@ -21,7 +21,7 @@ SPECIAL_TOKENS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
 
 def read_jsonl_examples(path: Path) -> list:
     """tiny-sentiment rows as records.Example."""
-    from workers.distill.records import Example
+    from contract.records import Example
 
     rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
     return [

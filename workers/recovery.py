@@ -14,8 +14,8 @@ from app.all_models import Job
 from app.config import Settings, get_settings
 from app.db import session_factory, utcnow
 from app.jobs import repository
-from app.jobs.models import JobStatus
 from app.queue import enqueue_job, enqueue_webhook, queued_message_count
+from contract.vocab import JobStatus
 
 log = logging.getLogger(__name__)
 

@@ -29,13 +29,14 @@ from app.artifacts import repository as artifacts_repository
 from app.config import Settings, get_settings
 from app.db import session_factory, utcnow
 from app.jobs import repository
-from app.jobs.models import JobCheckpoint, JobMetric, JobStatus
+from app.jobs.models import JobCheckpoint, JobMetric
 from app.models import catalog
 from app.models import repository as models_repository
 from app.queue import enqueue_job, enqueue_webhook
 from app.storage import LocalStorage, StorageError, get_storage
-from workers.distill.config import DistillConfig
-from workers.distill.records import Example, read_jsonl
+from contract.config import DistillConfig
+from contract.records import Example, read_jsonl
+from contract.vocab import JobStatus
 from workers.distill.trainer import DistillError, Event, Progress, RunResult, Stopped, run
 from workers.recovery import claim, fair_choice, is_running_elsewhere, worker_identity
 

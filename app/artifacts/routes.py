@@ -5,8 +5,7 @@ from fastapi.responses import FileResponse
 
 from app.artifacts import repository
 from app.artifacts.schemas import ArtifactPublic
-from app.db import SessionDep
-from app.deps import TenantDep
+from app.deps import SessionDep, TenantDep
 from app.errors import AppError
 from app.jobs.service import get_job
 from app.openapi import errors

@@ -8,8 +8,9 @@ from sqlalchemy.orm import Session
 from app.artifacts.models import Artifact
 from app.auth.models import ApiKey, Tenant
 from app.datasets.models import Dataset
-from app.jobs.models import Job, JobStatus
+from app.jobs.models import Job
 from app.models.models import Model
+from contract.vocab import JobStatus
 
 
 def get_tenant(session: Session, tenant_id: str) -> Tenant | None:

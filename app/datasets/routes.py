@@ -8,8 +8,7 @@ from app import idempotency
 from app.config import get_settings
 from app.datasets import service
 from app.datasets.schemas import DatasetPublic
-from app.db import SessionDep
-from app.deps import TenantDep
+from app.deps import SessionDep, TenantDep
 from app.openapi import errors
 from app.pagination import AfterQuery, LimitQuery, Page
 from app.storage import get_storage

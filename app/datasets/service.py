@@ -13,7 +13,7 @@ from app.errors import AppError
 from app.ids import new_id
 from app.storage import Storage
 from app.uploads import SpooledUpload
-from workers.distill.records import ParsedDataset, RecordError, parse_dataset, to_jsonl
+from contract.records import ParsedDataset, RecordError, parse_dataset, to_jsonl
 
 
 def create_dataset(

@@ -8,7 +8,8 @@ from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session, aliased
 
 from app.db import utcnow
-from app.jobs.models import Job, JobCheckpoint, JobEvent, JobMetric, JobStatus, WebhookDelivery
+from app.jobs.models import Job, JobCheckpoint, JobEvent, JobMetric, WebhookDelivery
+from contract.vocab import JobStatus
 
 
 def add(session: Session, job: Job) -> Job:

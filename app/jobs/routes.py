@@ -3,7 +3,7 @@ from __future__ import annotations
 import logging
 from collections.abc import AsyncIterator
 from datetime import datetime
-from typing import Annotated, Any
+from typing import Annotated, Any, get_args
 
 import anyio
 from fastapi import APIRouter, Header, Query, status
@@ -13,11 +13,10 @@ from sse_starlette.sse import EventSourceResponse
 
 from app import idempotency
 from app.config import get_settings
-from app.db import SessionDep, session_factory
-from app.deps import TenantDep
+from app.db import session_factory
+from app.deps import SessionDep, TenantDep
 from app.errors import AppError, error_body
 from app.jobs import repository, service
-from app.jobs.models import TERMINAL
 from app.jobs.schemas import (
     CheckpointPublic,
     EventPublic,
@@ -29,6 +28,7 @@ from app.jobs.schemas import (
 from app.openapi import errors
 from app.pagination import AfterQuery, LimitQuery, Page
 from app.queue import enqueue_job, enqueue_webhook
+from contract.vocab import TERMINAL, JobStatusName
 
 log = logging.getLogger(__name__)
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
@@ -47,7 +47,7 @@ def _iso_datetime(value: object) -> object:
 CreatedAfterQuery = Annotated[
     datetime | None, BeforeValidator(_iso_datetime), Query(description="ISO 8601 date-time")
 ]
-StatusQuery = Annotated[str | None, Query(pattern="^(queued|running|succeeded|failed|cancelled)$")]
+StatusQuery = Annotated[str | None, Query(pattern=f"^({'|'.join(get_args(JobStatusName))})$")]
 STREAM_POLL_S = 0.5  # cost: one indexed SELECT per open stream per poll
 
 

@@ -5,14 +5,13 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, HttpUrl
 
-from workers.distill.config import (
+from contract.config import (
     DistillationConfig,
     ExportConfig,
     Hyperparameters,
     StudentConfig,
 )
-
-Task = Literal["classification", "regression", "general"]
+from contract.vocab import JobStatusName, Task
 
 
 class InitFrom(BaseModel):
@@ -77,7 +76,7 @@ class JobError(BaseModel):
 class JobPublic(BaseModel):
     id: str
     object: Literal["distillation.job"] = "distillation.job"
-    status: Literal["queued", "running", "succeeded", "failed", "cancelled"]
+    status: JobStatusName
     stage: str | None
     progress: Progress
     teacher: str

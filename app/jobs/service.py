@@ -19,7 +19,7 @@ from app.db import utcnow
 from app.errors import AppError, field_from_loc
 from app.ids import new_id
 from app.jobs import repository
-from app.jobs.models import Job, JobEvent, JobStatus
+from app.jobs.models import Job, JobEvent
 from app.jobs.schemas import (
     CheckpointPublic,
     JobCreate,
@@ -33,7 +33,8 @@ from app.jobs.schemas import (
 )
 from app.models import catalog
 from app.models import repository as models_repository
-from workers.distill.config import DistillConfig, StudentConfig
+from contract.config import DistillConfig, StudentConfig
+from contract.vocab import JobStatus
 
 TASK_FOR_LABELS: dict[str, Task] = {
     "categorical": "classification",

@@ -10,9 +10,9 @@ from pathlib import Path
 from typing import Any, TypeGuard
 
 from app.errors import AppError
+from contract.vocab import SUPPORTED_MODEL_TYPES
 
 # Encoders the engine knows how to distil (BertModel layout: attention.self.query/key).
-SUPPORTED_MODEL_TYPES = frozenset({"bert"})
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".pickle", ".ckpt", ".h5", ".msgpack", ".joblib")
 TOKENIZER_FILES = ("tokenizer.json", "vocab.txt")
 MAX_SAFETENSORS_HEADER = 100 * 1024 * 1024

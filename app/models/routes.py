@@ -6,8 +6,7 @@ from fastapi import APIRouter, File, UploadFile, status
 
 from app import idempotency
 from app.config import get_settings
-from app.db import SessionDep
-from app.deps import TenantDep
+from app.deps import SessionDep, TenantDep
 from app.models import service
 from app.models.schemas import ModelPublic
 from app.openapi import errors

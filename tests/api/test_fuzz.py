@@ -50,8 +50,9 @@ CONFIG = SchemathesisConfig.from_dict(
     {
         "operations": [
             {
-                # The job body's coverage cases alone number about 770 (20 s here); it gets the random
-                # FUZZ_EXAMPLES like every operation, and tests/api/test_jobs.py checks its validation.
+                # The job body's coverage cases alone number about 770 (20 s here); it gets the
+                # random FUZZ_EXAMPLES like every operation, and tests/api/test_jobs.py checks its
+                # validation.
                 "include-path": "/v1/jobs",
                 "include-method": "POST",
                 "phases": {"coverage": {"enabled": False}},

@@ -30,8 +30,8 @@ from app.config import get_settings
 from app.datasets.models import Dataset
 from app.idempotency import IdempotencyKey
 from app.models.models import Model
+from contract.records import MAX_LINE_BYTES, parse_dataset
 from tests.factories import TINY_SENTIMENT, jsonl_bytes
-from workers.distill.records import MAX_LINE_BYTES, parse_dataset
 
 MB = 1024 * 1024
 

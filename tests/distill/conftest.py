@@ -9,14 +9,14 @@ from typing import Any
 import pytest
 import torch
 
+from contract.config import DistillConfig
+from contract.records import Example
 from tests.factories import (
     TINY_SENTIMENT,
     read_jsonl_examples,
     save_tiny_bert,
     tiny_vocab,
 )
-from workers.distill.config import DistillConfig
-from workers.distill.records import Example
 from workers.distill.trainer import Event, Progress
 
 # The test machine is small and shared; one intra-op thread avoids oversubscription stalls

@@ -5,11 +5,11 @@ import pytest
 import torch
 from transformers import AutoTokenizer
 
+from contract.config import AugmentationConfig
+from contract.records import Example
 from tests.distill.conftest import Recorder, tiny_config
 from workers.distill.augment import augment
-from workers.distill.config import AugmentationConfig
 from workers.distill.errors import DistillError
-from workers.distill.records import Example
 from workers.distill.trainer import run
 
 EXAMPLES = [

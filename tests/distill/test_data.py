@@ -1,7 +1,7 @@
 from collections import Counter
 
+from contract.records import Example
 from workers.distill.data import Batches, Encoded, collate, holdout
-from workers.distill.records import Example
 
 
 def _items(n: int) -> list[Encoded]:

@@ -4,9 +4,9 @@ import pytest
 import torch
 from transformers import AutoModel, AutoModelForSequenceClassification, BertConfig, BertModel
 
+from contract.config import DistillConfig
 from tests.factories import save_tiny_bert
 from workers.distill import losses as L
-from workers.distill.config import DistillConfig
 from workers.distill.errors import DistillError
 from workers.distill.models import (
     Projections,

@@ -3,10 +3,10 @@ from pathlib import Path
 import pytest
 from transformers import AutoModel
 
+from contract.config import teacher_finetune_rate
+from contract.records import Example
 from tests.distill.conftest import Recorder, tiny_config
-from workers.distill.config import teacher_finetune_rate
 from workers.distill.errors import DistillError, Stopped
-from workers.distill.records import Example
 from workers.distill.trainer import run
 
 

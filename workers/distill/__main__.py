@@ -19,9 +19,10 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from .config import DistillConfig
+from contract.config import DistillConfig
+from contract.records import Example, RecordError, parse_dataset
+
 from .errors import DistillError, Stopped
-from .records import Example, RecordError, parse_dataset
 
 
 class ConsoleCallbacks:

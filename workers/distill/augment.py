@@ -22,10 +22,11 @@ from typing import Any
 import torch
 from transformers import AutoConfig, AutoModelForMaskedLM, AutoTokenizer, PreTrainedTokenizerBase
 
-from .config import AugmentationConfig
+from contract.config import AugmentationConfig
+from contract.records import Example
+
 from .errors import DistillError
 from .features import autocast_for
-from .records import Example
 
 CACHE_VERSION = 1
 EventFn = Callable[[str, str, dict[str, Any]], None]

@@ -12,8 +12,9 @@ import torch
 from torch import Tensor
 from transformers import PreTrainedTokenizerBase
 
+from contract.records import Example
+
 from .errors import DistillError
-from .records import Example
 
 Batch = dict[str, Tensor]
 

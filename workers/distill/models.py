@@ -9,7 +9,7 @@ import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -23,14 +23,11 @@ from transformers import (
     PreTrainedTokenizerBase,
 )
 
-from .config import DistillConfig
+from contract.config import DistillConfig
+from contract.vocab import SUPPORTED_MODEL_TYPES, Task
+
 from .errors import DistillError
 
-Task = Literal["classification", "regression", "general"]
-
-# Encoders whose layers are `encoder.layer[i].attention.self.{query,key,value}` and whose config
-# takes hidden_size / num_hidden_layers / num_attention_heads / intermediate_size.
-SUPPORTED_MODEL_TYPES = frozenset({"bert", "roberta", "xlm-roberta", "camembert"})
 _LOAD = {"trust_remote_code": False}
 
 

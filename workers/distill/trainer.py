@@ -17,9 +17,11 @@ from torch import Tensor, nn
 from torch.optim.lr_scheduler import LambdaLR
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
+from contract.config import DistillConfig, StageConfig
+from contract.records import Example
+
 from . import checkpoint as ckpt_io
 from . import losses as L
-from .config import DistillConfig, StageConfig
 from .data import Batch, Batches, Encoded, collate, encode, holdout
 from .errors import DistillError, Stopped
 from .evaluate import (
@@ -43,7 +45,6 @@ from .models import (
     shrink_embeddings,
     trim_tokenizer,
 )
-from .records import Example
 
 __all__ = [
     "Callbacks",

@@ -8,6 +8,8 @@ from typing import Annotated, Literal, NamedTuple, Self
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 from pydantic_core import InitErrorDetails, PydanticCustomError
 
+from contract.vocab import Task
+
 PresetName = Literal["tinybert-4l-312d", "tinybert-6l-768d", "minilm-3l-384d", "bert-2l-128d"]
 Schedule = Literal["linear", "cosine", "constant"]
 LayerMapKind = Literal["uniform", "top", "bottom"]
@@ -177,7 +179,7 @@ class ExportConfig(_Frozen):
 
 
 class DistillConfig(_Frozen):
-    task: Literal["classification", "regression", "general"] = "classification"
+    task: Task = "classification"
     student: StudentConfig = StudentConfig()
     hyperparameters: Hyperparameters = Hyperparameters()
     distillation: DistillationConfig = DistillationConfig()

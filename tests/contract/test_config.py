@@ -1,7 +1,7 @@
 import pytest
 from pydantic import ValidationError
 
-from workers.distill.config import (
+from contract.config import (
     PRESETS,
     DistillConfig,
     Hyperparameters,

@@ -1,0 +1,91 @@
+"""The storage protocol, its value types and the helpers every backend shares."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import BinaryIO, Protocol
+
+_KEY_PART = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+CHUNK = 1024 * 1024
+
+
+class StorageError(Exception):
+    """A write or read failed; the message is safe to show."""
+
+
+@dataclass(frozen=True)
+class StoredObject:
+    key: str
+    size_bytes: int
+    sha256: str
+
+
+@dataclass(frozen=True)
+class ObjectInfo:
+    key: str
+    size_bytes: int
+
+
+def check_key(key: str) -> str:
+    """Keys are slash-separated safe names: no '..', no absolute paths, no hidden files."""
+    parts = key.split("/")
+    if not parts or any(not _KEY_PART.match(p) or p in (".", "..") for p in parts):
+        raise ValueError(f"unsafe storage key: {key!r}")
+    return key
+
+
+class Storage(Protocol):
+    def put(self, key: str, stream: BinaryIO) -> StoredObject:
+        """Store the stream's bytes under key, atomically: readers see all or nothing."""
+        ...
+
+    def put_file(self, key: str, source: Path) -> StoredObject: ...
+
+    def open(self, key: str) -> BinaryIO:
+        """A readable binary stream of the object; FileNotFoundError when it is absent."""
+        ...
+
+    def stream(self, key: str, start: int = 0, end: int | None = None) -> Iterator[bytes]:
+        """Bytes [start, end] inclusive (HTTP Range semantics), in chunks."""
+        ...
+
+    def stat(self, key: str) -> ObjectInfo | None: ...
+
+    def list(self, prefix: str) -> list[ObjectInfo]:
+        """Every object whose key starts with `prefix/`, sorted by key."""
+        ...
+
+    def delete(self, key: str) -> None: ...
+
+    def delete_prefix(self, prefix: str) -> None: ...
+
+
+def download(storage: Storage, key: str, target: Path) -> Path:
+    """Copy one object into a local file (a worker's scratch folder), atomically."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    partial = target.with_name(f".{target.name}.partial")
+    with storage.open(key) as source, partial.open("wb") as out:
+        while chunk := source.read(CHUNK):
+            out.write(chunk)
+    partial.replace(target)
+    return target
+
+
+def download_prefix(storage: Storage, prefix: str, folder: Path) -> list[Path]:
+    """Copy every object under `prefix/` into `folder`, keeping the relative keys."""
+    paths = []
+    for info in storage.list(prefix):
+        relative = info.key.removeprefix(prefix.rstrip("/") + "/")
+        paths.append(download(storage, info.key, folder / relative))
+    return paths
+
+
+def upload_folder(storage: Storage, prefix: str, folder: Path) -> list[StoredObject]:
+    """Put every file below `folder` under `prefix/`, keeping relative paths as keys."""
+    stored = []
+    for path in sorted(p for p in folder.rglob("*") if p.is_file()):
+        stored.append(storage.put_file(f"{prefix}/{path.relative_to(folder).as_posix()}", path))
+    return stored

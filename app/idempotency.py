@@ -13,7 +13,7 @@ from sqlalchemy import BigInteger, ForeignKey, Integer, String, UniqueConstraint
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Mapped, Session, mapped_column
 
-from app.db import Base, utcnow
+from app.base import Base, utcnow
 from app.errors import AppError
 
 TTL = timedelta(hours=24)

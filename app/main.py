@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from fastapi import FastAPI
 
-import app.all_models  # noqa: F401  (registers every mapper before the first query)
+import app.tables  # noqa: F401  (registers every mapper before the first query)
 from app import health
 from app.artifacts.routes import router as artifacts_router
 from app.bodylimit import BodyLimit
@@ -12,7 +12,7 @@ from app.config import get_settings
 from app.datasets.routes import router as datasets_router
 from app.errors import install_error_handlers
 from app.jobs.routes import router as jobs_router
-from app.models.routes import router as models_router
+from app.teachers.routes import router as models_router
 
 
 def _upload_limits() -> dict[str, int]:

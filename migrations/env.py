@@ -6,9 +6,9 @@ from logging.config import fileConfig
 
 from alembic import context
 
-from app.all_models import Base
 from app.config import get_settings
 from app.db import make_engine
+from app.tables import Base
 
 config = context.config
 if config.config_file_name is not None and config.attributes.get("configure_logger", True):

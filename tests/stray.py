@@ -5,7 +5,8 @@ from __future__ import annotations
 
 from sqlalchemy import update
 
-from app.db import session_factory, utcnow
+from app.base import utcnow
+from app.db import session_factory
 from app.jobs.models import Job
 
 

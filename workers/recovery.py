@@ -10,11 +10,12 @@ from typing import Any
 
 from sqlalchemy.orm import Session, sessionmaker
 
-from app.all_models import Job
+from app.base import utcnow
 from app.config import Settings, get_settings
-from app.db import session_factory, utcnow
+from app.db import session_factory
 from app.jobs import repository
 from app.queue import enqueue_job, enqueue_webhook, queued_message_count
+from app.tables import Job
 from contract.vocab import JobStatus
 
 log = logging.getLogger(__name__)

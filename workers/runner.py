@@ -24,16 +24,17 @@ from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 from tenacity import retry, retry_if_exception, stop_after_delay, wait_exponential
 
-from app.all_models import Artifact, Dataset, Job
 from app.artifacts import repository as artifacts_repository
+from app.base import utcnow
 from app.config import Settings, get_settings
-from app.db import session_factory, utcnow
+from app.db import session_factory
 from app.jobs import repository
 from app.jobs.models import JobCheckpoint, JobMetric
-from app.models import catalog
-from app.models import repository as models_repository
 from app.queue import enqueue_job, enqueue_webhook
 from app.storage import LocalStorage, StorageError, get_storage
+from app.tables import Artifact, Dataset, Job
+from app.teachers import catalog
+from app.teachers import repository as teachers_repository
 from contract.config import DistillConfig
 from contract.records import Example, read_jsonl
 from contract.vocab import JobStatus
@@ -260,7 +261,7 @@ def _model_ref(
 ) -> str:
     """An uploaded model id or catalog name as a local folder; anything else is a hub id."""
     if ref.startswith("mdl_"):
-        model = models_repository.get(session, tenant_id=tenant_id, model_id=ref)
+        model = teachers_repository.get(session, tenant_id=tenant_id, model_id=ref)
         if model is None:
             raise DistillError("model_not_found", f"uploaded model '{ref}' is gone")
         return str(storage.local_path(model.storage_key))

@@ -9,10 +9,10 @@ from datetime import UTC, datetime
 import httpx
 from standardwebhooks.webhooks import Webhook
 
-from app.all_models import Job, WebhookDelivery
 from app.db import session_factory
 from app.jobs import repository
 from app.jobs.service import to_public
+from app.tables import Job, WebhookDelivery
 
 log = logging.getLogger(__name__)
 TIMEOUT_S = 10.0

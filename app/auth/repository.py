@@ -9,7 +9,7 @@ from app.artifacts.models import Artifact
 from app.auth.models import ApiKey, Tenant
 from app.datasets.models import Dataset
 from app.jobs.models import Job
-from app.models.models import Model
+from app.teachers.models import UploadedModel
 from contract.vocab import JobStatus
 
 
@@ -56,7 +56,7 @@ def stored_bytes(session: Session, tenant_id: str) -> int:
             select(func.coalesce(func.sum(t.size_bytes), 0).label("n")).where(
                 t.tenant_id == tenant_id
             )
-            for t in (Dataset, Model, Artifact)
+            for t in (Dataset, UploadedModel, Artifact)
         )
     ).subquery()
     return int(session.scalar(select(func.sum(parts.c.n))) or 0)

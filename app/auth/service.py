@@ -11,8 +11,8 @@ from sqlalchemy.orm import Session
 
 from app.auth import repository
 from app.auth.models import ApiKey, Tenant
+from app.base import utcnow
 from app.config import Settings
-from app.db import utcnow
 from app.errors import AppError
 from app.ids import new_id
 

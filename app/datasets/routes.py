@@ -12,7 +12,7 @@ from app.deps import SessionDep, TenantDep
 from app.openapi import errors
 from app.pagination import AfterQuery, LimitQuery, Page
 from app.storage import get_storage
-from app.upload_flow import handle_upload
+from app.uploads import handle_upload
 
 router = APIRouter(prefix="/v1/datasets", tags=["datasets"])
 

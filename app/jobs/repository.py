@@ -7,7 +7,7 @@ from typing import Any
 from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session, aliased
 
-from app.db import utcnow
+from app.base import utcnow
 from app.jobs.models import Job, JobCheckpoint, JobEvent, JobMetric, WebhookDelivery
 from contract.vocab import JobStatus
 

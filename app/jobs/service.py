@@ -12,10 +12,10 @@ from pydantic import ValidationError
 from sqlalchemy.orm import Session
 
 from app.auth.service import check_job_quota
+from app.base import utcnow
 from app.config import Settings
 from app.datasets.models import Dataset
 from app.datasets.service import get_dataset
-from app.db import utcnow
 from app.errors import AppError, field_from_loc
 from app.ids import new_id
 from app.jobs import repository
@@ -31,8 +31,8 @@ from app.jobs.schemas import (
     Task,
     WebhookDeliveryPublic,
 )
-from app.models import catalog
-from app.models import repository as models_repository
+from app.teachers import catalog
+from app.teachers import repository as teachers_repository
 from contract.config import DistillConfig, StudentConfig
 from contract.vocab import JobStatus
 
@@ -54,7 +54,7 @@ def _teacher_source(
     """Where the teacher comes from, and its width when this side can know it (a hub
     model's is known only once a worker has loaded it)."""
     if teacher.startswith("mdl_"):
-        model = models_repository.get(session, tenant_id=tenant_id, model_id=teacher)
+        model = teachers_repository.get(session, tenant_id=tenant_id, model_id=teacher)
         if model is None:
             raise AppError(
                 "teacher_not_found", f"no uploaded model '{teacher}'", 404, field="teacher"

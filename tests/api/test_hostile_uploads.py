@@ -29,7 +29,7 @@ from app.auth.models import Tenant
 from app.config import get_settings
 from app.datasets.models import Dataset
 from app.idempotency import IdempotencyKey
-from app.models.models import Model
+from app.teachers.models import UploadedModel
 from contract.records import MAX_LINE_BYTES, parse_dataset
 from tests.factories import TINY_SENTIMENT, jsonl_bytes
 
@@ -111,7 +111,7 @@ def _counts(session: Session, tenant: str) -> dict[str, int]:
             select(func.count()).select_from(t).where(t.tenant_id == tenant)
         )
         or 0
-        for t in (Dataset, Model, IdempotencyKey)
+        for t in (Dataset, UploadedModel, IdempotencyKey)
     }
 
 

@@ -19,12 +19,13 @@ import redis
 from fastapi.testclient import TestClient
 from sqlalchemy import update
 
-from app.all_models import Artifact, Job
 from app.artifacts import repository as artifacts_repository
+from app.base import utcnow
 from app.client import DistilleryClient
-from app.db import session_factory, utcnow
+from app.db import session_factory
 from app.jobs import repository as jobs_repository
 from app.storage import get_storage
+from app.tables import Artifact, Job
 from tests.factories import jsonl_bytes
 
 # Accepted without loading anything: the worker, which these tests never start, resolves it.

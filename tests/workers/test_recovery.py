@@ -8,8 +8,9 @@ import redis
 from fastapi.testclient import TestClient
 from sqlalchemy import select, update
 
+from app.base import utcnow
 from app.config import get_settings
-from app.db import session_factory, utcnow
+from app.db import session_factory
 from app.jobs.models import Job, JobEvent
 from tests.api.test_jobs import queued_job_ids
 from tests.workers.test_runner import queued_job  # noqa: F401  (fixture)

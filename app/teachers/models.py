@@ -1,4 +1,4 @@
-"""Uploaded teacher models."""
+"""Uploaded teacher models (the `models` table; `UploadedModel` to tell it from the ML model)."""
 
 from __future__ import annotations
 
@@ -8,10 +8,10 @@ from typing import Any
 from sqlalchemy import BigInteger, ForeignKey, Integer, String
 from sqlalchemy.orm import Mapped, mapped_column
 
-from app.db import Base, utcnow
+from app.base import Base, utcnow
 
 
-class Model(Base):
+class UploadedModel(Base):
     __tablename__ = "models"
 
     id: Mapped[str] = mapped_column(String(40), primary_key=True)

@@ -7,12 +7,12 @@ from fastapi import APIRouter, File, UploadFile, status
 from app import idempotency
 from app.config import get_settings
 from app.deps import SessionDep, TenantDep
-from app.models import service
-from app.models.schemas import ModelPublic
 from app.openapi import errors
 from app.pagination import AfterQuery, LimitQuery, Page
 from app.storage import get_storage
-from app.upload_flow import handle_upload
+from app.teachers import service
+from app.teachers.schemas import ModelPublic
+from app.uploads import handle_upload
 
 router = APIRouter(prefix="/v1/models", tags=["models"])
 

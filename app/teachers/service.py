@@ -11,17 +11,17 @@ from sqlalchemy.orm import Session
 from app.config import Settings
 from app.errors import AppError
 from app.ids import new_id
-from app.models import archive, catalog, repository
-from app.models.inspect import inspect_folder
-from app.models.models import Model
-from app.models.schemas import ModelPublic
 from app.storage import Storage, check_key
+from app.teachers import archive, catalog, repository
+from app.teachers.inspect import inspect_folder
+from app.teachers.models import UploadedModel
+from app.teachers.schemas import ModelPublic
 from app.uploads import SpooledUpload
 
 
 def create_model(
     session: Session, *, storage: Storage, settings: Settings, tenant_id: str, upload: SpooledUpload
-) -> Model:
+) -> UploadedModel:
     model_id = new_id("mdl")
     prefix = f"tenants/{tenant_id}/models/{model_id}"
     with tempfile.TemporaryDirectory(prefix="distillery-model-") as tmp:
@@ -49,7 +49,7 @@ def create_model(
                 storage.put_file(f"{prefix}/{relative.as_posix()}", path)
             return repository.add(
                 session,
-                Model(
+                UploadedModel(
                     id=model_id,
                     tenant_id=tenant_id,
                     filename=upload.filename,
@@ -70,7 +70,7 @@ def create_model(
             raise
 
 
-def to_public(model: Model) -> ModelPublic:
+def to_public(model: UploadedModel) -> ModelPublic:
     return ModelPublic(
         id=model.id,
         source="upload",
@@ -119,6 +119,6 @@ def get_model(
 
 def list_uploaded(
     session: Session, *, tenant_id: str, limit: int, after: str | None
-) -> tuple[Sequence[Model], bool]:
+) -> tuple[Sequence[UploadedModel], bool]:
     rows = repository.page(session, tenant_id=tenant_id, limit=limit, after=after)
     return rows[:limit], len(rows) > limit

@@ -10,6 +10,7 @@ from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
 import app.tables  # noqa: F401  (every table in the metadata before the first flush)
+from app.base import UTCDateTime, utcnow  # noqa: F401  (the migrations name them app.db.*)
 from app.config import get_settings
 
 

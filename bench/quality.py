@@ -163,6 +163,9 @@ class Recorder:
     _started: float = field(default_factory=time.perf_counter)
     _printed: float = field(default_factory=time.perf_counter)
 
+    def on_config(self, config: Any) -> None:
+        pass
+
     def on_progress(self, p: Progress) -> None:
         if p.stage != self._current:
             self._switch(p.stage)

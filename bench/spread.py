@@ -42,6 +42,9 @@ class Losses:
         self.rows: list[dict[str, Any]] = []
         self.started = time.perf_counter()
 
+    def on_config(self, config: Any) -> None:
+        pass
+
     def on_progress(self, p: Progress) -> None:
         if not p.losses:
             return

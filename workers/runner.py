@@ -103,6 +103,17 @@ class JobCallbacks:
     def _db(self, fn: Callable[[], T]) -> T:
         return db_retry(self.settings)(fn)
 
+    def on_config(self, config: DistillConfig) -> None:
+        """The row keeps the configuration that actually ran (a hub teacher's width is known
+        only now)."""
+        resolved = config.model_dump(mode="json")
+
+        def write() -> None:
+            with self.sessions.begin() as s:
+                repository.update_running(s, self.job_id, owner=self.owner, config=resolved)
+
+        self._db(write)
+
     def on_progress(self, p: Progress) -> None:
         self._pending = {"stage": p.stage, "step": p.step, "total_steps": p.total_steps}
         if p.losses:  # stage markers (evaluate, export) carry no optimizer step

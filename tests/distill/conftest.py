@@ -69,6 +69,11 @@ class Recorder:
     progress: list[Progress] = field(default_factory=list)
     events: list[Event] = field(default_factory=list)
 
+    configs: list[DistillConfig] = field(default_factory=list)
+
+    def on_config(self, config: DistillConfig) -> None:
+        self.configs.append(config)
+
     def on_progress(self, p: Progress) -> None:
         self.progress.append(p)
 

@@ -32,6 +32,9 @@ class ConsoleCallbacks:
         self.every = every
         self.stop_requested = False
 
+    def on_config(self, config: DistillConfig) -> None:
+        pass
+
     def on_progress(self, p: Any) -> None:
         if p.losses and (p.step % self.every == 0 or p.step == p.total_steps):
             parts = " ".join(f"{k}={v:.4f}" for k, v in p.losses.items())

@@ -22,6 +22,11 @@ CHECKPOINT_FILE = "last.pt"
 TEACHER_DIR = "teacher-finetuned"
 
 
+def checkpoint_dir(workdir: Path) -> Path:
+    """Everything a run needs to resume: the last checkpoint and the fine-tuned teacher."""
+    return workdir / "checkpoints"
+
+
 @dataclass
 class Checkpoint:
     fingerprint: str  # config + teacher + data; a different one refuses to resume

@@ -75,6 +75,10 @@ class Event:
 
 
 class Callbacks(Protocol):
+    def on_config(self, config: DistillConfig) -> None:
+        """Once, after the teacher is loaded: the configuration with every default resolved."""
+        ...
+
     def on_progress(self, p: Progress) -> None: ...
     def on_event(self, e: Event) -> None: ...
     def should_stop(self) -> bool: ...
@@ -104,8 +108,27 @@ def run(
     validation: list[Example] | None,
     workdir: Path,
     callbacks: Callbacks,
+    init_model: str | None = None,
+    init_checkpoint: Path | None = None,
 ) -> RunResult:
-    """Distil `teacher` into a student on `train`; resumes from workdir/checkpoints if present."""
+    """Distil `teacher` into a student on `train`; resumes from workdir/checkpoints if present.
+
+    `teacher` and `init_model` are local folders (or hub ids) the caller resolved from the
+    config's names; `init_checkpoint` is another run's checkpoint file to start the student from.
+    """
+    # Interim shim: the engine still reads both from the config; the trainer rewrite drops this.
+    if init_checkpoint is not None:
+        config = config.model_copy(
+            update={
+                "student": config.student.model_copy(
+                    update={"init": "checkpoint", "init_model": str(init_checkpoint)}
+                )
+            }
+        )
+    elif init_model is not None:
+        config = config.model_copy(
+            update={"student": config.student.model_copy(update={"init_model": init_model})}
+        )
     return _Run(
         config,
         teacher_source=teacher,
@@ -180,6 +203,7 @@ class _Run:
             teacher_width=int(self.teacher.model.config.hidden_size),
         )
         cfg = self.config
+        self.cb.on_config(cfg)
         hp = cfg.hyperparameters
         self.labels = self.teacher.labels
         self.label2id = {name: i for i, name in enumerate(self.labels)}

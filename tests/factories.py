@@ -128,3 +128,32 @@ def tar_gz_folder(folder: Path) -> bytes:
 
 def jsonl_bytes(rows: object) -> bytes:
     return "".join(json.dumps(r) + "\n" for r in rows).encode("utf-8")  # type: ignore[attr-defined]
+
+
+# --- jobs and the client (tests/client, tests/jobs) ---
+
+# Accepted without loading anything: the worker, which most client tests never start, resolves it.
+HUB_TEACHER = "google-bert/bert-base-uncased"
+
+# A student small enough that a real worker trains it in seconds on a CPU.
+TINY_STUDENT = {
+    "preset": None,
+    "num_layers": 2,
+    "hidden_size": 16,
+    "num_attention_heads": 2,
+    "intermediate_size": 32,
+}
+
+
+def unique_dataset(directory: Path, rows: int = 8) -> Path:
+    """A small valid JSONL file whose bytes (and so sha256) no other test shares."""
+    import uuid
+
+    tag = uuid.uuid4().hex
+    path = directory / f"ds-{tag[:8]}.jsonl"
+    path.write_bytes(
+        jsonl_bytes(
+            [{"text": f"row {i} {tag}", "label": ("neg", "pos")[i % 2]} for i in range(rows)]
+        )
+    )
+    return path

@@ -5,7 +5,10 @@ from __future__ import annotations
 import hashlib
 import re
 import secrets
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Literal, get_args
 
 from sqlalchemy.orm import Session
 
@@ -77,20 +80,33 @@ def authenticate(session: Session, authorization: str | None) -> str:
 
 
 def upload_limit(session: Session, *, settings: Settings, tenant_id: str, default: int) -> int:
-    tenant = repository.get_tenant(session, tenant_id)
-    limit = tenant.max_upload_bytes if tenant and tenant.max_upload_bytes else default
-    return min(limit, default)
+    return upload_cap(repository.get_tenant(session, tenant_id), default)
+
+
+# Each limit: the tenant row's own value when set, else the service-wide default. An upload cap
+# only lowers the endpoint's own cap (Settings.max_dataset_bytes / max_model_bytes).
+
+
+def upload_cap(tenant: Tenant | None, default: int) -> int:
+    return min(tenant.max_upload_bytes if tenant and tenant.max_upload_bytes else default, default)
+
+
+def storage_quota(tenant: Tenant | None, settings: Settings) -> int:
+    if tenant and tenant.max_stored_bytes:
+        return tenant.max_stored_bytes
+    return settings.max_stored_bytes_per_tenant
+
+
+def active_jobs_limit(tenant: Tenant | None, settings: Settings) -> int:
+    if tenant and tenant.max_active_jobs:
+        return tenant.max_active_jobs
+    return settings.max_active_jobs_per_tenant
 
 
 def check_storage_quota(
     session: Session, *, settings: Settings, tenant_id: str, incoming_bytes: int
 ) -> None:
-    tenant = repository.get_tenant(session, tenant_id)
-    quota = (
-        tenant.max_stored_bytes
-        if tenant and tenant.max_stored_bytes
-        else settings.max_stored_bytes_per_tenant
-    )
+    quota = storage_quota(repository.get_tenant(session, tenant_id), settings)
     used = repository.stored_bytes(session, tenant_id)
     if used + incoming_bytes > quota:
         raise AppError(
@@ -103,12 +119,7 @@ def check_storage_quota(
 
 
 def check_job_quota(session: Session, *, settings: Settings, tenant_id: str) -> None:
-    tenant = repository.get_tenant(session, tenant_id)
-    limit = (
-        tenant.max_active_jobs
-        if tenant and tenant.max_active_jobs
-        else settings.max_active_jobs_per_tenant
-    )
+    limit = active_jobs_limit(repository.get_tenant(session, tenant_id), settings)
     active = repository.active_jobs(session, tenant_id)
     if active >= limit:
         raise AppError(
@@ -118,3 +129,64 @@ def check_job_quota(session: Session, *, settings: Settings, tenant_id: str) -> 
             429,
             headers={"Retry-After": "60"},
         )
+
+
+# --- tenant limits, set by operators (distillery-admin tenants) ---
+
+LimitName = Literal["max_active_jobs", "max_upload_bytes", "max_stored_bytes"]
+LIMIT_NAMES: tuple[LimitName, ...] = get_args(LimitName)
+
+
+@dataclass(frozen=True)
+class TenantReport:
+    """A tenant's own limits (None: the default), the limits in force, and its usage."""
+
+    tenant: str
+    created_at: datetime
+    own: dict[LimitName, int | None]
+    in_force: dict[str, int]
+    active_jobs: int
+    stored_bytes: int
+    active_keys: int
+
+
+def get_tenant(session: Session, tenant_id: str) -> Tenant:
+    tenant = repository.get_tenant(session, tenant_id)
+    if tenant is None:
+        raise AppError("tenant_not_found", f"no tenant '{tenant_id}'", 404)
+    return tenant
+
+
+def set_limits(
+    session: Session, *, tenant_id: str, limits: Mapping[LimitName, int | None]
+) -> Tenant:
+    """Set (a positive int) or clear (None: back to the default) some of a tenant's limits."""
+    tenant = get_tenant(session, tenant_id)
+    for name, value in limits.items():
+        if name not in LIMIT_NAMES:
+            raise AppError("invalid_limit", f"no tenant limit '{name}'", 422, field=name)
+        if value is not None and value < 1:
+            raise AppError("invalid_limit", f"{name} must be at least 1", 422, field=name)
+        setattr(tenant, name, value)
+    session.flush()
+    return tenant
+
+
+def describe_tenant(session: Session, *, settings: Settings, tenant_id: str) -> TenantReport:
+    tenant = get_tenant(session, tenant_id)
+    return TenantReport(
+        tenant=tenant.id,
+        created_at=tenant.created_at,
+        own={name: getattr(tenant, name) for name in LIMIT_NAMES},
+        in_force={
+            "max_active_jobs": active_jobs_limit(tenant, settings),
+            "max_stored_bytes": storage_quota(tenant, settings),
+            "max_dataset_upload_bytes": upload_cap(tenant, settings.max_dataset_bytes),
+            "max_model_upload_bytes": upload_cap(tenant, settings.max_model_bytes),
+        },
+        active_jobs=repository.active_jobs(session, tenant.id),
+        stored_bytes=repository.stored_bytes(session, tenant.id),
+        active_keys=sum(
+            k.revoked_at is None for k in repository.keys(session, tenant_id=tenant.id)
+        ),
+    )

@@ -14,20 +14,13 @@ from sqlalchemy import select
 
 from app.db import session_factory
 from app.jobs.models import JobEvent
-from tests.factories import TINY_SENTIMENT, zip_folder
+from tests.factories import TINY_SENTIMENT, TINY_STUDENT, zip_folder  # noqa: F401  (re-exported)
 from tests.stray import cancel_stray_queued_jobs
 from tests.workerproc import start_worker, stop_worker
 
 ROOT = Path(__file__).resolve().parents[2]
 DEADLINE_S = 600  # a hang guard for jobs of seconds, not a performance bound
 TERMINAL = {"succeeded", "failed", "cancelled"}
-TINY_STUDENT = {
-    "preset": None,
-    "num_layers": 2,
-    "hidden_size": 16,
-    "num_attention_heads": 2,
-    "intermediate_size": 32,
-}
 
 
 @pytest.fixture(scope="package")

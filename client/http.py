@@ -1,4 +1,4 @@
-"""Python client for the Distillery HTTP API. It speaks HTTP only: no server code is imported.
+"""DistilleryClient: typed access to the Distillery HTTP API. It speaks HTTP only.
 
     with DistilleryClient("http://127.0.0.1:8000") as client:
         train = client.upload_dataset("train.jsonl")
@@ -12,277 +12,44 @@ after a lost response replays the first result instead of creating a second obje
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import os
-import random
 import tempfile
 import time
 import uuid
-import zipfile
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import datetime
 from pathlib import Path
 from types import TracebackType
-from typing import Any, Generic, Literal, TypeVar
+from typing import Any, TypeVar
 from urllib.parse import quote
 
 import httpx
-from pydantic import BaseModel, ConfigDict, ValidationError
-from tenacity import RetryCallState, Retrying, retry_if_exception, stop_after_attempt
+from pydantic import BaseModel, ValidationError
+
+from client.errors import DistilleryError
+from client.files import partial_path, sha256_file, zip_folder
+from client.resources import (
+    TERMINAL_EVENTS,
+    Artifact,
+    Dataset,
+    Event,
+    Job,
+    Metrics,
+    Model,
+    Page,
+    parse,
+)
+from client.retry import RetryPolicy, retryable
+from client.sse import parse_sse
 
 log = logging.getLogger(__name__)
 
 DEFAULT_BASE_URL = "http://127.0.0.1:8000"
-TERMINAL_STATUSES = frozenset({"succeeded", "failed", "cancelled"})
-TERMINAL_EVENTS = frozenset({"job_succeeded", "job_failed", "job_cancelled"})
-RETRY_STATUSES = frozenset({429, 502, 503, 504})
-# A 409 that only says "the first request with this key has not finished yet".
-RETRY_CODES = frozenset({"idempotency_key_in_progress"})
-MAX_RETRY_AFTER_S = 60.0
-CHUNK = 1024 * 1024
-# Float weights barely compress; deflating them costs seconds per 100 MB for nothing.
-_STORED_SUFFIXES = frozenset({".safetensors", ".bin", ".onnx", ".pt", ".h5", ".msgpack"})
-
-
-class DistilleryError(Exception):
-    """An API error from {"error": {code, message, field?, line?}}; status is None when no HTTP
-    answer came back (connection failures, checksum mismatches)."""
-
-    def __init__(
-        self,
-        status: int | None,
-        code: str,
-        message: str,
-        field: str | None = None,
-        line: int | None = None,
-        *,
-        retry_after: float | None = None,
-    ) -> None:
-        super().__init__(f"{code}: {message}" if status is None else f"{status} {code}: {message}")
-        self.status = status
-        self.code = code
-        self.message = message
-        self.field = field
-        self.line = line
-        self.retry_after = retry_after
-
-    @classmethod
-    def from_response(cls, response: httpx.Response) -> DistilleryError:
-        status = response.status_code
-        retry_after = _parse_retry_after(response.headers.get("retry-after"))
-        try:
-            error = response.json()["error"]
-            return cls(
-                status,
-                str(error["code"]),
-                str(error["message"]),
-                error.get("field"),
-                error.get("line"),
-                retry_after=retry_after,
-            )
-        except (ValueError, KeyError, TypeError):
-            # A proxy or load balancer answered, not the API.
-            text = response.text.strip()[:200] or response.reason_phrase
-            return cls(status, f"http_{status}", text, retry_after=retry_after)
-
-    def to_dict(self) -> dict[str, Any]:
-        error: dict[str, Any] = {"code": self.code, "message": self.message}
-        if self.status is not None:
-            error["status"] = self.status
-        if self.field is not None:
-            error["field"] = self.field
-        if self.line is not None:
-            error["line"] = self.line
-        return {"error": error}
-
-
-def _parse_retry_after(value: str | None) -> float | None:
-    try:
-        return max(0.0, float(value)) if value is not None else None
-    except ValueError:
-        return None  # the HTTP-date form; the backoff decides instead
-
-
-# --- response objects: unknown fields are kept, so an older client survives a newer server ---
-
-
-class _Resource(BaseModel):
-    model_config = ConfigDict(extra="allow", frozen=True)
-
-
-class Dataset(_Resource):
-    id: str
-    object: Literal["dataset"] = "dataset"
-    filename: str
-    format: str
-    num_rows: int
-    label_type: str
-    labels: list[str]
-    has_text_pair: bool
-    sha256: str
-    size_bytes: int
-    created_at: datetime
-
-
-class Model(_Resource):
-    id: str
-    object: Literal["model"] = "model"
-    source: str
-    filename: str | None = None
-    model_type: str
-    num_parameters: int
-    num_layers: int
-    hidden_size: int
-    has_task_head: bool
-    labels: list[str] = []
-    created_at: datetime | None = None
-
-
-class Progress(_Resource):
-    step: int
-    total_steps: int
-    fraction: float
-
-
-class JobError(_Resource):
-    code: str
-    message: str
-
-
-class Job(_Resource):
-    id: str
-    object: Literal["distillation.job"] = "distillation.job"
-    status: str
-    stage: str | None = None
-    progress: Progress
-    teacher: str
-    dataset: str
-    validation_dataset: str | None = None
-    task: str
-    student: dict[str, Any] = {}
-    hyperparameters: dict[str, Any] = {}
-    distillation: dict[str, Any] = {}
-    seed: int | None = None
-    metrics: dict[str, Any] | None = None
-    error: JobError | None = None
-    webhook_url: str | None = None
-    webhook_secret: str | None = None
-    created_at: datetime
-    started_at: datetime | None = None
-    finished_at: datetime | None = None
-
-    @property
-    def ended(self) -> bool:
-        return self.status in TERMINAL_STATUSES
-
-
-class Event(_Resource):
-    id: int
-    object: Literal["event"] = "event"
-    created_at: datetime
-    level: str
-    type: str
-    message: str
-    data: dict[str, Any] = {}
-
-
-class StepMetrics(_Resource):
-    step: int
-    stage: str | None = None
-    losses: dict[str, float] = {}
-    learning_rate: float | None = None
-
-
-class Metrics(_Resource):
-    object: Literal["metrics"] = "metrics"
-    job: str
-    steps: list[StepMetrics] = []
-    evaluations: list[dict[str, Any]] = []
-    final: dict[str, Any] | None = None
-
-
-class Artifact(_Resource):
-    object: Literal["artifact"] = "artifact"
-    name: str
-    content_type: str
-    size_bytes: int
-    sha256: str
-    created_at: datetime
-
 
 T = TypeVar("T", bound=BaseModel)
 R = TypeVar("R")
-
-
-class Page(_Resource, Generic[T]):
-    object: Literal["list"] = "list"
-    data: list[T]
-    has_more: bool
-    next_cursor: str | None = None
-
-
-def _parse(model: type[T], data: Any, status: int | None = None) -> T:
-    try:
-        return model.model_validate(data)
-    except ValidationError as exc:
-        raise DistilleryError(
-            status,
-            "unexpected_response",
-            f"the server's answer is not a {model.__name__}: {exc.errors()[0].get('msg')}",
-        ) from exc
-
-
-def partial_path(dest: Path) -> Path:
-    """Where download_artifact keeps the bytes of an unfinished download of `dest`."""
-    return dest.with_name(dest.name + ".part")
-
-
-def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as f:
-        while chunk := f.read(CHUNK):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
-def zip_folder(folder: Path, archive: Path) -> Path:
-    """A save_pretrained folder as a zip with paths relative to it; dot-files (.git, .cache)
-    are left out and symlinks (the Hugging Face cache layout) are followed."""
-    with zipfile.ZipFile(archive, "w") as zf:
-        for path in sorted(folder.rglob("*")):
-            relative = path.relative_to(folder)
-            if not path.is_file() or any(part.startswith(".") for part in relative.parts):
-                continue
-            kind = zipfile.ZIP_STORED if path.suffix in _STORED_SUFFIXES else zipfile.ZIP_DEFLATED
-            zf.write(path, relative.as_posix(), compress_type=kind)
-    return archive
-
-
-def parse_sse(lines: Iterable[str]) -> Iterator[tuple[str | None, str, str]]:
-    """Server-Sent Events as (id, event type, data), per the WHATWG parsing rules."""
-    event_id: str | None = None
-    event_type = ""
-    data: list[str] = []
-    for line in lines:
-        if not line:
-            if data:
-                yield event_id, event_type or "message", "\n".join(data)
-            event_type, data = "", []
-            continue
-        if line.startswith(":"):
-            continue  # a comment: the server's keep-alive ping
-        name, _, value = line.partition(":")
-        value = value.removeprefix(" ")
-        if name == "data":
-            data.append(value)
-        elif name == "event":
-            event_type = value
-        elif name == "id" and "\0" not in value:
-            event_id = value
-    if data:
-        yield event_id, event_type or "message", "\n".join(data)
 
 
 class DistilleryClient:
@@ -301,9 +68,7 @@ class DistilleryClient:
         http: httpx.Client | None = None,
     ) -> None:
         self.base_url = base_url.rstrip("/")
-        self.max_retries = max_retries
-        self.backoff = backoff
-        self.max_backoff = max_backoff
+        self.retry = RetryPolicy(max_retries=max_retries, backoff=backoff, max_backoff=max_backoff)
         self._headers = {"Accept": "application/json", "User-Agent": "distillery-client/1"}
         if api_key:
             self._headers["Authorization"] = f"Bearer {api_key}"
@@ -340,7 +105,7 @@ class DistilleryClient:
         return self._upload("/v1/datasets", Path(path), Dataset, idempotency_key)
 
     def get_dataset(self, dataset_id: str) -> Dataset:
-        return _parse(Dataset, self._json("GET", f"/v1/datasets/{_q(dataset_id)}"))
+        return parse(Dataset, self._json("GET", f"/v1/datasets/{_q(dataset_id)}"))
 
     def list_datasets(
         self,
@@ -364,7 +129,7 @@ class DistilleryClient:
 
     def get_model(self, model_id: str) -> Model:
         # Catalog and hub-style ids ("org/name") keep their slash.
-        return _parse(Model, self._json("GET", f"/v1/models/{quote(model_id, safe='/')}"))
+        return parse(Model, self._json("GET", f"/v1/models/{quote(model_id, safe='/')}"))
 
     def list_models(self, *, limit: int = 20, after: str | None = None) -> Iterator[Page[Model]]:
         """Pages of uploads, newest first; the first page also carries the catalog."""
@@ -376,12 +141,12 @@ class DistilleryClient:
         """POST /v1/jobs with teacher, dataset and any other body fields; None values are
         left out, so the server fills its defaults."""
         body = {name: value for name, value in fields.items() if value is not None}
-        return _parse(
+        return parse(
             Job, self._json("POST", "/v1/jobs", json=body, idempotency_key=idempotency_key)
         )
 
     def get_job(self, job_id: str) -> Job:
-        return _parse(Job, self._json("GET", f"/v1/jobs/{_q(job_id)}"))
+        return parse(Job, self._json("GET", f"/v1/jobs/{_q(job_id)}"))
 
     def list_jobs(
         self,
@@ -402,22 +167,20 @@ class DistilleryClient:
 
     def cancel_job(self, job_id: str) -> Job:
         """Queued jobs end at once, running ones at their next step; 409 once a job ended."""
-        return _parse(Job, self._json("POST", f"/v1/jobs/{_q(job_id)}/cancel"))
+        return parse(Job, self._json("POST", f"/v1/jobs/{_q(job_id)}/cancel"))
 
     def events(
         self, job_id: str, *, after: int | None = None, limit: int | None = None
     ) -> Page[Event]:
         params = {k: v for k, v in {"after": after, "limit": limit}.items() if v is not None}
-        return _parse(
-            Page[Event], self._json("GET", f"/v1/jobs/{_q(job_id)}/events", params=params)
-        )
+        return parse(Page[Event], self._json("GET", f"/v1/jobs/{_q(job_id)}/events", params=params))
 
     def metrics(self, job_id: str) -> Metrics:
-        return _parse(Metrics, self._json("GET", f"/v1/jobs/{_q(job_id)}/metrics"))
+        return parse(Metrics, self._json("GET", f"/v1/jobs/{_q(job_id)}/metrics"))
 
     def list_artifacts(self, job_id: str) -> list[Artifact]:
         data = self._json("GET", f"/v1/jobs/{_q(job_id)}/artifacts")
-        return [_parse(Artifact, item) for item in data]
+        return [parse(Artifact, item) for item in data]
 
     def stream_events(self, job_id: str, last_event_id: int | None = None) -> Iterator[Event]:
         """Live events over SSE until the job ends. A dropped connection is reopened with
@@ -449,7 +212,7 @@ class DistilleryClient:
             except httpx.TransportError as exc:
                 cause = exc
             except DistilleryError as exc:
-                if not _retryable(exc):
+                if not retryable(exc):
                     raise
                 cause = exc
             else:
@@ -459,7 +222,7 @@ class DistilleryClient:
                     return
             if cause is not None:
                 failures += 1
-                if failures > self.max_retries:
+                if failures > self.retry.max_retries:
                     raise DistilleryError(
                         None,
                         "stream_lost",
@@ -471,7 +234,7 @@ class DistilleryClient:
                 cause or "clean close",
                 last,
             )
-            time.sleep(self._backoff_delay(failures) if cause is not None else self.backoff)
+            time.sleep(self.retry.delay(failures) if cause is not None else self.retry.backoff)
 
     def wait(
         self,
@@ -581,7 +344,7 @@ class DistilleryClient:
     def _upload(self, path: str, source: Path, model: type[T], idempotency_key: str | None) -> T:
         if not source.is_file():
             raise DistilleryError(None, "file_not_found", f"no file at {source}")
-        return _parse(
+        return parse(
             model, self._json("POST", path, upload=source, idempotency_key=idempotency_key)
         )
 
@@ -590,7 +353,7 @@ class DistilleryClient:
     ) -> Iterator[Page[T]]:
         while True:
             query = dict(params) if after is None else {**params, "after": after}
-            page = _parse(page_type, self._json("GET", path, params=query))
+            page = parse(page_type, self._json("GET", path, params=query))
             yield page
             if not page.has_more or not page.next_cursor:
                 return
@@ -666,52 +429,12 @@ class DistilleryClient:
             response.close()
 
     def _with_retries(self, fn: Callable[[], R]) -> R:
-        try:
-            return self._retrying()(fn)
-        except httpx.TransportError as exc:
-            raise DistilleryError(
-                None,
-                "connection_failed",
-                f"could not reach {self.base_url}: {exc or type(exc).__name__}",
-            ) from exc
-
-    def _retrying(self) -> Retrying:
-        return Retrying(
-            stop=stop_after_attempt(self.max_retries + 1),
-            wait=self._wait,
-            retry=retry_if_exception(_retryable),
-            reraise=True,
-            before_sleep=_log_retry,
-        )
-
-    def _backoff_delay(self, retry_number: int) -> float:
-        """Full-jitter exponential backoff: uniform in [0, backoff * 2**n], capped."""
-        return random.uniform(0, min(self.max_backoff, self.backoff * 2 ** max(retry_number, 0)))
-
-    def _wait(self, state: RetryCallState) -> float:
-        delay = self._backoff_delay(state.attempt_number - 1)
-        exc = state.outcome.exception() if state.outcome is not None else None
-        if isinstance(exc, DistilleryError) and exc.retry_after is not None:
-            delay = max(delay, min(exc.retry_after, MAX_RETRY_AFTER_S))
-        return delay
+        return self.retry.call(fn, self.base_url)
 
 
 def _q(segment: str) -> str:
     """An id as one path segment, whatever the caller typed."""
     return quote(segment, safe="")
-
-
-def _retryable(exc: BaseException) -> bool:
-    if isinstance(exc, httpx.TransportError):
-        return True
-    return isinstance(exc, DistilleryError) and (
-        exc.status in RETRY_STATUSES or (exc.status == 409 and exc.code in RETRY_CODES)
-    )
-
-
-def _log_retry(state: RetryCallState) -> None:
-    exc = state.outcome.exception() if state.outcome is not None else None
-    log.info("attempt %d failed (%s); retrying", state.attempt_number, exc)
 
 
 def _range_start(response: httpx.Response) -> int | None:

@@ -3,20 +3,17 @@ from __future__ import annotations
 import hashlib
 import os
 import socket
+from collections.abc import Callable
 from datetime import datetime
 from pathlib import Path
 
 import pytest
 
-from app.client import DistilleryClient, DistilleryError, parse_sse, partial_path
-from tests.client.conftest import (
-    HUB_TEACHER,
-    Fault,
-    FaultyProxy,
-    finish_job,
-    unique_dataset,
-)
-from tests.factories import TINY_SENTIMENT, tar_gz_folder
+from client import DistilleryClient, DistilleryError, partial_path
+from tests.client.proxy import Fault, FaultyProxy
+from tests.factories import HUB_TEACHER, TINY_SENTIMENT, tar_gz_folder, unique_dataset
+
+FinishJob = Callable[..., None]
 
 ARTIFACT = os.urandom(700_000)
 ARTIFACT_SHA = hashlib.sha256(ARTIFACT).hexdigest()
@@ -99,7 +96,9 @@ def test_create_get_list_and_cancel_a_job(api: DistilleryClient, dataset_id: str
     assert job.id not in [j.id for j in next(api.list_jobs(status="queued", limit=100)).data]
 
 
-def test_cancelling_an_ended_job_raises_409(api: DistilleryClient, job_id: str) -> None:
+def test_cancelling_an_ended_job_raises_409(
+    api: DistilleryClient, job_id: str, finish_job: FinishJob
+) -> None:
     finish_job(job_id)
     with pytest.raises(DistilleryError) as info:
         api.cancel_job(job_id)
@@ -185,7 +184,7 @@ def test_a_dropped_stream_reconnects_with_last_event_id(
 
 
 def test_stream_of_a_job_that_ended_without_a_final_event_stops(
-    api: DistilleryClient, job_id: str
+    api: DistilleryClient, job_id: str, finish_job: FinishJob
 ) -> None:
     finish_job(job_id, status="failed")
     events = list(api.stream_events(job_id, last_event_id=10**12))
@@ -195,21 +194,6 @@ def test_stream_of_a_job_that_ended_without_a_final_event_stops(
 def test_metrics_of_a_job_that_has_not_run(api: DistilleryClient, job_id: str) -> None:
     metrics = api.metrics(job_id)
     assert metrics.job == job_id and metrics.steps == [] and metrics.evaluations == []
-
-
-def test_parse_sse_follows_the_wire_format() -> None:
-    lines = [
-        ": ping",
-        "id: 7",
-        "event: loss",
-        'data: {"a":',
-        "data: 1}",
-        "",
-        "retry: 5",
-        "data:x",
-        "",
-    ]
-    assert list(parse_sse(lines)) == [("7", "loss", '{"a":\n1}'), ("7", "message", "x")]
 
 
 # --- retries and idempotency, over real sockets ---
@@ -304,7 +288,11 @@ def test_an_unreachable_server_raises_connection_failed() -> None:
 
 
 def test_download_resumes_from_the_bytes_on_disk_with_range(
-    over_network: DistilleryClient, proxy: FaultyProxy, job_id: str, tmp_path: Path
+    over_network: DistilleryClient,
+    proxy: FaultyProxy,
+    job_id: str,
+    tmp_path: Path,
+    finish_job: FinishJob,
 ) -> None:
     finish_job(job_id, artifacts={"student.zip": ARTIFACT})
     dest = tmp_path / "student.zip"
@@ -324,7 +312,11 @@ def test_download_resumes_from_the_bytes_on_disk_with_range(
 
 
 def test_a_download_cut_midway_resumes_in_the_same_call(
-    over_network: DistilleryClient, proxy: FaultyProxy, job_id: str, tmp_path: Path
+    over_network: DistilleryClient,
+    proxy: FaultyProxy,
+    job_id: str,
+    tmp_path: Path,
+    finish_job: FinishJob,
 ) -> None:
     finish_job(job_id, artifacts={"student.zip": ARTIFACT})
     proxy.faults.append(
@@ -338,7 +330,7 @@ def test_a_download_cut_midway_resumes_in_the_same_call(
 
 
 def test_corrupt_partial_bytes_fail_the_checksum_and_are_removed(
-    api: DistilleryClient, job_id: str, tmp_path: Path
+    api: DistilleryClient, job_id: str, tmp_path: Path, finish_job: FinishJob
 ) -> None:
     finish_job(job_id, artifacts={"student.zip": ARTIFACT})
     dest = tmp_path / "student.zip"
@@ -351,7 +343,7 @@ def test_corrupt_partial_bytes_fail_the_checksum_and_are_removed(
 
 
 def test_download_of_a_missing_artifact_raises_404(
-    api: DistilleryClient, job_id: str, tmp_path: Path
+    api: DistilleryClient, job_id: str, tmp_path: Path, finish_job: FinishJob
 ) -> None:
     finish_job(job_id, artifacts={"metrics.json": b"{}"})
     assert [a.name for a in api.list_artifacts(job_id)] == ["metrics.json"]

@@ -1,0 +1,1 @@
+"""`distillery-admin`: operator commands that talk to the database directly (server side)."""

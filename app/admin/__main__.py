@@ -1,0 +1,3 @@
+from app.admin.cli import main
+
+main()

@@ -13,7 +13,9 @@ from app.storage import get_storage
 router = APIRouter(prefix="/v1/jobs/{job_id}/artifacts", tags=["artifacts"])
 
 
-@router.get("", response_model=list[ArtifactPublic], responses=errors(404))
+@router.get(
+    "", response_model=list[ArtifactPublic], responses=errors("job_not_found", "invalid_request")
+)
 def list_artifacts(job_id: str, session: SessionDep, tenant: TenantDep) -> list[ArtifactPublic]:
     rows = service.list_artifacts(session, tenant_id=tenant, job_id=job_id)
     return [ArtifactPublic.model_validate(a) for a in rows]
@@ -23,7 +25,13 @@ def list_artifacts(job_id: str, session: SessionDep, tenant: TenantDep) -> list[
     "/{name}",
     response_class=StreamingResponse,
     responses={
-        **errors(404, 410, 416),
+        **errors(
+            "job_not_found",
+            "artifact_not_found",
+            "artifact_missing",
+            "range_not_satisfiable",
+            "invalid_request",
+        ),
         200: {"content": {"application/octet-stream": {}}},
         206: {"description": "the requested byte range"},
     },

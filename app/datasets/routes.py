@@ -21,7 +21,15 @@ router = APIRouter(prefix="/v1/datasets", tags=["datasets"])
     "",
     status_code=status.HTTP_201_CREATED,
     response_model=DatasetPublic,
-    responses=errors(409, 413, 422),
+    responses=errors(
+        "idempotency_key_reused",
+        "idempotency_key_in_progress",
+        "file_too_large",
+        "storage_quota_exceeded",
+        "dataset_invalid",
+        "file_empty",
+        "invalid_request",
+    ),
 )
 async def upload_dataset(
     session: SessionDep,
@@ -45,7 +53,7 @@ async def upload_dataset(
     )
 
 
-@router.get("", response_model=Page[DatasetPublic])
+@router.get("", response_model=Page[DatasetPublic], responses=errors("invalid_request"))
 def list_datasets(
     session: SessionDep, tenant: TenantDep, limit: LimitQuery = 20, after: AfterQuery = None
 ) -> Page[DatasetPublic]:
@@ -54,7 +62,11 @@ def list_datasets(
     return Page(data=data, has_more=has_more, next_cursor=data[-1].id if has_more else None)
 
 
-@router.get("/{dataset_id}", response_model=DatasetPublic, responses=errors(404))
+@router.get(
+    "/{dataset_id}",
+    response_model=DatasetPublic,
+    responses=errors("dataset_not_found", "invalid_request"),
+)
 def get_dataset(dataset_id: str, session: SessionDep, tenant: TenantDep) -> DatasetPublic:
     return DatasetPublic.model_validate(
         service.get_dataset(session, tenant_id=tenant, dataset_id=dataset_id)

@@ -21,7 +21,15 @@ router = APIRouter(prefix="/v1/models", tags=["models"])
     "",
     status_code=status.HTTP_201_CREATED,
     response_model=ModelPublic,
-    responses=errors(409, 413, 422),
+    responses=errors(
+        "idempotency_key_reused",
+        "idempotency_key_in_progress",
+        "file_too_large",
+        "storage_quota_exceeded",
+        "model_invalid",
+        "file_empty",
+        "invalid_request",
+    ),
 )
 async def upload_model(
     session: SessionDep,
@@ -46,7 +54,7 @@ async def upload_model(
     )
 
 
-@router.get("", response_model=Page[ModelPublic])
+@router.get("", response_model=Page[ModelPublic], responses=errors("invalid_request"))
 def list_models(
     session: SessionDep, tenant: TenantDep, limit: LimitQuery = 20, after: AfterQuery = None
 ) -> Page[ModelPublic]:
@@ -58,6 +66,10 @@ def list_models(
     return Page(data=data, has_more=has_more, next_cursor=rows[-1].id if has_more else None)
 
 
-@router.get("/{model_id:path}", response_model=ModelPublic, responses=errors(404))
+@router.get(
+    "/{model_id:path}",
+    response_model=ModelPublic,
+    responses=errors("model_not_found", "invalid_request"),
+)
 def get_model(model_id: str, session: SessionDep, tenant: TenantDep) -> ModelPublic:
     return service.get_model(session, settings=get_settings(), tenant_id=tenant, model_id=model_id)

@@ -4,11 +4,10 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, File, UploadFile, status
 
-from app import idempotency
 from app.config import get_settings
 from app.datasets import service
 from app.datasets.schemas import DatasetPublic
-from app.deps import SessionDep, TenantDep
+from app.deps import IdempotencyKeyHeader, SessionDep, TenantDep
 from app.openapi import errors
 from app.pagination import AfterQuery, LimitQuery, Page
 from app.storage import get_storage
@@ -37,7 +36,7 @@ async def upload_dataset(
     file: Annotated[
         UploadFile, File(description="JSONL or CSV with text, optional text_pair, label")
     ],
-    idempotency_key: idempotency.KeyHeader = None,
+    idempotency_key: IdempotencyKeyHeader = None,
 ) -> Any:
     """Validate every row and store the dataset; a bad row is a 422 naming line and field."""
     return await handle_upload(

@@ -4,9 +4,8 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, File, UploadFile, status
 
-from app import idempotency
 from app.config import get_settings
-from app.deps import SessionDep, TenantDep
+from app.deps import IdempotencyKeyHeader, SessionDep, TenantDep
 from app.openapi import errors
 from app.pagination import AfterQuery, LimitQuery, Page
 from app.storage import get_storage
@@ -35,7 +34,7 @@ async def upload_model(
     session: SessionDep,
     tenant: TenantDep,
     file: Annotated[UploadFile, File(description=".zip or .tar.gz of a save_pretrained folder")],
-    idempotency_key: idempotency.KeyHeader = None,
+    idempotency_key: IdempotencyKeyHeader = None,
 ) -> Any:
     """Upload a teacher: safetensors weights only, BERT model_type, no custom code."""
     settings = get_settings()

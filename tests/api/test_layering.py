@@ -21,6 +21,18 @@ def test_api_imports_neither_torch_nor_transformers() -> None:
     assert result.stdout.strip() == ""
 
 
+def test_the_data_layer_a_worker_imports_loads_no_web_framework() -> None:
+    """Workers use the tables, storage and errors; FastAPI and Starlette stay out of them."""
+    code = (
+        "import sys; import app.db, app.tables, app.storage, app.errors, app.idempotency; "
+        "print(','.join(sorted(m for m in ('fastapi', 'starlette') if m in sys.modules)))"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True
+    )
+    assert result.stdout.strip() == ""
+
+
 EMBEDDED_SMOKE = """
 import sys
 from pathlib import Path

@@ -58,11 +58,9 @@ def list_models(
     session: SessionDep, tenant: TenantDep, limit: LimitQuery = 20, after: AfterQuery = None
 ) -> Page[ModelPublic]:
     """Uploaded models, newest first; the first page also lists the ready-made catalog."""
-    rows, has_more = service.list_uploaded(session, tenant_id=tenant, limit=limit, after=after)
-    data = [service.to_public(r) for r in rows]
-    if after is None:
-        data = service.catalog_models(get_settings()) + data
-    return Page(data=data, has_more=has_more, next_cursor=rows[-1].id if has_more else None)
+    return service.list_models(
+        session, settings=get_settings(), tenant_id=tenant, limit=limit, after=after
+    )
 
 
 @router.get(

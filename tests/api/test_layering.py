@@ -6,6 +6,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[2]
 
 
@@ -53,6 +55,7 @@ print("ok")
 """
 
 
+@pytest.mark.slow  # migrates a fresh SQLite database and starts the app in a new process
 def test_embedded_default_serves_requests_in_a_fresh_process(tmp_path: Path) -> None:
     """SQLite + the SQLAlchemy broker, as `make run` starts it, with nothing pre-imported."""
     from tests.factories import TINY_SENTIMENT

@@ -37,3 +37,12 @@ def current_tenant(
 
 
 TenantDep = Annotated[str, Depends(current_tenant)]
+IdempotencyKeyHeader = Annotated[
+    str | None,
+    Header(
+        alias="Idempotency-Key",
+        min_length=1,
+        max_length=255,
+        description="retry-safe key: the same key and body return the first result",
+    ),
+]

@@ -4,20 +4,14 @@ from __future__ import annotations
 
 from fastapi import FastAPI
 
-import app.tables  # noqa: F401  (registers every mapper before the first query)
 from app import health
 from app.artifacts.routes import router as artifacts_router
 from app.bodylimit import BodyLimit
-from app.config import get_settings
 from app.datasets.routes import router as datasets_router
-from app.errors import install_error_handlers
+from app.error_handlers import install_error_handlers
 from app.jobs.routes import router as jobs_router
 from app.teachers.routes import router as models_router
-
-
-def _upload_limits() -> dict[str, int]:
-    settings = get_settings()
-    return {"/v1/datasets": settings.max_dataset_bytes, "/v1/models": settings.max_model_bytes}
+from app.uploads import body_limits
 
 
 def create_app() -> FastAPI:
@@ -27,7 +21,7 @@ def create_app() -> FastAPI:
         description="TinyBERT-style knowledge distillation as a service.",
     )
     install_error_handlers(app)
-    app.add_middleware(BodyLimit, limits=_upload_limits)
+    app.add_middleware(BodyLimit, limits=body_limits)
     for router in (health.router, datasets_router, models_router, jobs_router, artifacts_router):
         app.include_router(router)
     return app

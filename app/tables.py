@@ -4,7 +4,7 @@ from app.artifacts.models import Artifact
 from app.auth.models import ApiKey, Tenant
 from app.base import Base
 from app.datasets.models import Dataset
-from app.idempotency import IdempotencyKey
+from app.idempotency.models import IdempotencyKey
 from app.jobs.models import Job, JobCheckpoint, JobEvent, JobMetric, WebhookDelivery
 from app.teachers.models import UploadedModel
 

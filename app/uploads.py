@@ -24,6 +24,13 @@ from app.errors import AppError
 CHUNK = 1024 * 1024
 
 
+def body_limits() -> dict[str, int]:
+    """Each upload route's cap on the request body, for BodyLimit; asked per request, so
+    settings reloaded after the app was built (as tests do) still apply."""
+    settings = get_settings()
+    return {"/v1/datasets": settings.max_dataset_bytes, "/v1/models": settings.max_model_bytes}
+
+
 @dataclass
 class SpooledUpload:
     path: Path

@@ -4,11 +4,10 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, File, UploadFile, status
 
-from app import idempotency
 from app.config import get_settings
 from app.datasets import service
 from app.datasets.schemas import DatasetPublic
-from app.deps import SessionDep, TenantDep
+from app.deps import IdempotencyKeyHeader, SessionDep, TenantDep
 from app.openapi import errors
 from app.pagination import AfterQuery, LimitQuery, Page
 from app.storage import get_storage
@@ -21,7 +20,15 @@ router = APIRouter(prefix="/v1/datasets", tags=["datasets"])
     "",
     status_code=status.HTTP_201_CREATED,
     response_model=DatasetPublic,
-    responses=errors(409, 413, 422),
+    responses=errors(
+        "idempotency_key_reused",
+        "idempotency_key_in_progress",
+        "file_too_large",
+        "storage_quota_exceeded",
+        "dataset_invalid",
+        "file_empty",
+        "invalid_request",
+    ),
 )
 async def upload_dataset(
     session: SessionDep,
@@ -29,7 +36,7 @@ async def upload_dataset(
     file: Annotated[
         UploadFile, File(description="JSONL or CSV with text, optional text_pair, label")
     ],
-    idempotency_key: idempotency.KeyHeader = None,
+    idempotency_key: IdempotencyKeyHeader = None,
 ) -> Any:
     """Validate every row and store the dataset; a bad row is a 422 naming line and field."""
     return await handle_upload(
@@ -45,7 +52,7 @@ async def upload_dataset(
     )
 
 
-@router.get("", response_model=Page[DatasetPublic])
+@router.get("", response_model=Page[DatasetPublic], responses=errors("invalid_request"))
 def list_datasets(
     session: SessionDep, tenant: TenantDep, limit: LimitQuery = 20, after: AfterQuery = None
 ) -> Page[DatasetPublic]:
@@ -54,7 +61,11 @@ def list_datasets(
     return Page(data=data, has_more=has_more, next_cursor=data[-1].id if has_more else None)
 
 
-@router.get("/{dataset_id}", response_model=DatasetPublic, responses=errors(404))
+@router.get(
+    "/{dataset_id}",
+    response_model=DatasetPublic,
+    responses=errors("dataset_not_found", "invalid_request"),
+)
 def get_dataset(dataset_id: str, session: SessionDep, tenant: TenantDep) -> DatasetPublic:
     return DatasetPublic.model_validate(
         service.get_dataset(session, tenant_id=tenant, dataset_id=dataset_id)

@@ -32,7 +32,7 @@ def create_dataset(
         for example in parsed.examples:
             canonical.write(to_jsonl([example]))
         canonical.seek(0)
-        storage.put_stream(key, canonical)  # type: ignore[arg-type]
+        storage.put(key, canonical)
     try:
         return repository.add(
             session,
@@ -51,7 +51,7 @@ def create_dataset(
             ),
         )
     except BaseException:
-        storage.delete_prefix(key)  # no orphan file for a dataset that was not recorded
+        storage.delete(key)  # no orphan file for a dataset that was not recorded
         raise
 
 

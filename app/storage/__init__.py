@@ -14,6 +14,7 @@ from app.config import get_settings
 from app.storage.base import (
     CHUNK,
     ObjectInfo,
+    Readable,
     Storage,
     StorageError,
     StoredObject,
@@ -28,6 +29,7 @@ __all__ = [
     "CHUNK",
     "LocalStorage",
     "ObjectInfo",
+    "Readable",
     "Storage",
     "StorageError",
     "StoredObject",
@@ -44,6 +46,6 @@ def _storage_for(root: str) -> LocalStorage:
     return LocalStorage(Path(root))
 
 
-def get_storage() -> LocalStorage:  # Storage once no caller needs local_path
+def get_storage() -> Storage:
     """The configured backend; local disk is the only one for now."""
     return _storage_for(str(get_settings().storage_dir))

@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import BinaryIO, Protocol
 
 _KEY_PART = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
-CHUNK = 1024 * 1024
+CHUNK = 1024 * 1024  # every read and write moves at most this much: memory stays bounded
 
 
 class StorageError(Exception):
@@ -29,6 +29,12 @@ class ObjectInfo:
     size_bytes: int
 
 
+class Readable(Protocol):
+    """What `put` reads from: an open binary file, a BytesIO, an upload's spooled file."""
+
+    def read(self, size: int = -1, /) -> bytes: ...
+
+
 def check_key(key: str) -> str:
     """Keys are slash-separated safe names: no '..', no absolute paths, no hidden files."""
     parts = key.split("/")
@@ -38,29 +44,40 @@ def check_key(key: str) -> str:
 
 
 class Storage(Protocol):
-    def put(self, key: str, stream: BinaryIO) -> StoredObject:
+    """Objects addressed by key; no method hands out where an object sits."""
+
+    def put(self, key: str, stream: Readable) -> StoredObject:
         """Store the stream's bytes under key, atomically: readers see all or nothing."""
         ...
 
-    def put_file(self, key: str, source: Path) -> StoredObject: ...
+    def put_file(self, key: str, source: Path) -> StoredObject:
+        """Store a local file's bytes under key (a worker's output, an unpacked upload)."""
+        ...
 
     def open(self, key: str) -> BinaryIO:
         """A readable binary stream of the object; FileNotFoundError when it is absent."""
         ...
 
     def stream(self, key: str, start: int = 0, end: int | None = None) -> Iterator[bytes]:
-        """Bytes [start, end] inclusive (HTTP Range semantics), in chunks."""
+        """Bytes [start, end] inclusive (HTTP Range semantics; None: to the end), in chunks of
+        at most CHUNK. FileNotFoundError is raised by the call itself, before any chunk."""
         ...
 
-    def stat(self, key: str) -> ObjectInfo | None: ...
+    def stat(self, key: str) -> ObjectInfo | None:
+        """The object's size, or None when it is absent."""
+        ...
 
     def list(self, prefix: str) -> list[ObjectInfo]:
         """Every object whose key starts with `prefix/`, sorted by key."""
         ...
 
-    def delete(self, key: str) -> None: ...
+    def delete(self, key: str) -> None:
+        """Remove one object; an absent one is not an error."""
+        ...
 
-    def delete_prefix(self, prefix: str) -> None: ...
+    def delete_prefix(self, prefix: str) -> None:
+        """Remove every object under `prefix/`."""
+        ...
 
 
 def download(storage: Storage, key: str, target: Path) -> Path:
@@ -76,16 +93,16 @@ def download(storage: Storage, key: str, target: Path) -> Path:
 
 def download_prefix(storage: Storage, prefix: str, folder: Path) -> list[Path]:
     """Copy every object under `prefix/` into `folder`, keeping the relative keys."""
-    paths = []
-    for info in storage.list(prefix):
-        relative = info.key.removeprefix(prefix.rstrip("/") + "/")
-        paths.append(download(storage, info.key, folder / relative))
-    return paths
+    base = prefix.rstrip("/") + "/"
+    return [
+        download(storage, info.key, folder / info.key.removeprefix(base))
+        for info in storage.list(prefix)
+    ]
 
 
 def upload_folder(storage: Storage, prefix: str, folder: Path) -> list[StoredObject]:
     """Put every file below `folder` under `prefix/`, keeping relative paths as keys."""
-    stored = []
-    for path in sorted(p for p in folder.rglob("*") if p.is_file()):
-        stored.append(storage.put_file(f"{prefix}/{path.relative_to(folder).as_posix()}", path))
-    return stored
+    return [
+        storage.put_file(f"{prefix}/{path.relative_to(folder).as_posix()}", path)
+        for path in sorted(p for p in folder.rglob("*") if p.is_file())
+    ]

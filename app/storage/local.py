@@ -10,14 +10,14 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import BinaryIO
 
-from app.storage.base import CHUNK, ObjectInfo, StorageError, StoredObject, check_key
+from app.storage.base import CHUNK, ObjectInfo, Readable, StorageError, StoredObject, check_key
 
 
 class LocalStorage:
     """A reader never sees half an object: a write lands in a temp file in the same folder,
     is fsynced, then renamed into place."""
 
-    def __init__(self, root: Path):
+    def __init__(self, root: Path) -> None:
         self.root = root.resolve()
         self.root.mkdir(parents=True, exist_ok=True)
 
@@ -25,10 +25,11 @@ class LocalStorage:
         return self.root / check_key(key)
 
     def local_path(self, key: str) -> Path:
-        """Deprecated: callers are moving to open/stream/download; removed once none is left."""
+        """Deprecated, not part of `Storage`: the runner's last uses are moving to
+        `download`; the method goes once they are gone."""
         return self._path(key)
 
-    def put(self, key: str, stream: BinaryIO) -> StoredObject:
+    def put(self, key: str, stream: Readable) -> StoredObject:
         target = self._path(key)
         target.parent.mkdir(parents=True, exist_ok=True)
         digest = hashlib.sha256()
@@ -51,9 +52,6 @@ class LocalStorage:
             raise
         return StoredObject(key=key, size_bytes=size, sha256=digest.hexdigest())
 
-    # Kept under its old name too while callers move over.
-    put_stream = put
-
     def put_file(self, key: str, source: Path) -> StoredObject:
         with source.open("rb") as stream:
             return self.put(key, stream)
@@ -62,16 +60,9 @@ class LocalStorage:
         return self._path(key).open("rb")
 
     def stream(self, key: str, start: int = 0, end: int | None = None) -> Iterator[bytes]:
-        with self.open(key) as f:
-            f.seek(start)
-            remaining = None if end is None else end - start + 1
-            while remaining is None or remaining > 0:
-                chunk = f.read(CHUNK if remaining is None else min(CHUNK, remaining))
-                if not chunk:
-                    break
-                if remaining is not None:
-                    remaining -= len(chunk)
-                yield chunk
+        # Opened here, not in the generator: an absent object fails the call, not the first
+        # chunk of a response whose headers are already sent.
+        return _chunks(self.open(key), start, end)
 
     def stat(self, key: str) -> ObjectInfo | None:
         path = self._path(key)
@@ -84,15 +75,27 @@ class LocalStorage:
         return [
             ObjectInfo(key=p.relative_to(self.root).as_posix(), size_bytes=p.stat().st_size)
             for p in sorted(folder.rglob("*"))
-            if p.is_file() and not p.name.startswith(".")
+            if p.is_file() and not p.name.startswith(".")  # a write in flight is not an object
         ]
 
     def delete(self, key: str) -> None:
         self._path(key).unlink(missing_ok=True)
 
     def delete_prefix(self, prefix: str) -> None:
-        path = self._path(prefix.rstrip("/"))
-        if path.is_dir():
-            shutil.rmtree(path, ignore_errors=True)
-        else:
-            path.unlink(missing_ok=True)
+        # Empty parent folders stay: removing one could race a concurrent put into it.
+        folder = self._path(prefix.rstrip("/"))
+        if folder.is_dir():
+            shutil.rmtree(folder, ignore_errors=True)
+
+
+def _chunks(f: BinaryIO, start: int, end: int | None) -> Iterator[bytes]:
+    with f:
+        f.seek(start)
+        remaining = None if end is None else end - start + 1
+        while remaining is None or remaining > 0:
+            chunk = f.read(CHUNK if remaining is None else min(CHUNK, remaining))
+            if not chunk:
+                return
+            if remaining is not None:
+                remaining -= len(chunk)
+            yield chunk

@@ -6,6 +6,7 @@ import importlib.util
 import re
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 from app.errors import AppError
 from app.teachers.inspect import ModelInfo, inspect_folder
@@ -20,7 +21,7 @@ HUB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,95}(/[A-Za-z0-9][A-Za-z0-9._-
 @dataclass(frozen=True)
 class CatalogEntry:
     name: str
-    source: str  # "catalog" | "package"
+    source: Literal["catalog", "package"]
     info: ModelInfo
 
 

@@ -4,9 +4,8 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, File, UploadFile, status
 
-from app import idempotency
 from app.config import get_settings
-from app.deps import SessionDep, TenantDep
+from app.deps import IdempotencyKeyHeader, SessionDep, TenantDep
 from app.openapi import errors
 from app.pagination import AfterQuery, LimitQuery, Page
 from app.storage import get_storage
@@ -21,13 +20,21 @@ router = APIRouter(prefix="/v1/models", tags=["models"])
     "",
     status_code=status.HTTP_201_CREATED,
     response_model=ModelPublic,
-    responses=errors(409, 413, 422),
+    responses=errors(
+        "idempotency_key_reused",
+        "idempotency_key_in_progress",
+        "file_too_large",
+        "storage_quota_exceeded",
+        "model_invalid",
+        "file_empty",
+        "invalid_request",
+    ),
 )
 async def upload_model(
     session: SessionDep,
     tenant: TenantDep,
     file: Annotated[UploadFile, File(description=".zip or .tar.gz of a save_pretrained folder")],
-    idempotency_key: idempotency.KeyHeader = None,
+    idempotency_key: IdempotencyKeyHeader = None,
 ) -> Any:
     """Upload a teacher: safetensors weights only, BERT model_type, no custom code."""
     settings = get_settings()
@@ -46,18 +53,20 @@ async def upload_model(
     )
 
 
-@router.get("", response_model=Page[ModelPublic])
+@router.get("", response_model=Page[ModelPublic], responses=errors("invalid_request"))
 def list_models(
     session: SessionDep, tenant: TenantDep, limit: LimitQuery = 20, after: AfterQuery = None
 ) -> Page[ModelPublic]:
     """Uploaded models, newest first; the first page also lists the ready-made catalog."""
-    rows, has_more = service.list_uploaded(session, tenant_id=tenant, limit=limit, after=after)
-    data = [service.to_public(r) for r in rows]
-    if after is None:
-        data = service.catalog_models(get_settings()) + data
-    return Page(data=data, has_more=has_more, next_cursor=rows[-1].id if has_more else None)
+    return service.list_models(
+        session, settings=get_settings(), tenant_id=tenant, limit=limit, after=after
+    )
 
 
-@router.get("/{model_id:path}", response_model=ModelPublic, responses=errors(404))
+@router.get(
+    "/{model_id:path}",
+    response_model=ModelPublic,
+    responses=errors("model_not_found", "invalid_request"),
+)
 def get_model(model_id: str, session: SessionDep, tenant: TenantDep) -> ModelPublic:
     return service.get_model(session, settings=get_settings(), tenant_id=tenant, model_id=model_id)

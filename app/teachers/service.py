@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import tempfile
-from collections.abc import Sequence
 from pathlib import Path
 
 from sqlalchemy.orm import Session
@@ -11,6 +10,7 @@ from sqlalchemy.orm import Session
 from app.config import Settings
 from app.errors import AppError
 from app.ids import new_id
+from app.pagination import Page
 from app.storage import Storage, check_key
 from app.teachers import archive, catalog, repository
 from app.teachers.inspect import inspect_folder
@@ -90,7 +90,7 @@ def catalog_models(settings: Settings) -> list[ModelPublic]:
         ModelPublic(
             id=e.name,
             source=e.source,
-            filename=None,  # type: ignore[arg-type]
+            filename=None,
             model_type=e.info.model_type,
             num_parameters=e.info.num_parameters,
             num_layers=e.info.num_layers,
@@ -117,8 +117,13 @@ def get_model(
     raise AppError("model_not_found", f"no model '{model_id}'", 404)
 
 
-def list_uploaded(
-    session: Session, *, tenant_id: str, limit: int, after: str | None
-) -> tuple[Sequence[UploadedModel], bool]:
+def list_models(
+    session: Session, *, settings: Settings, tenant_id: str, limit: int, after: str | None
+) -> Page[ModelPublic]:
+    """Uploaded models, newest first; the first page leads with the ready-made catalog."""
     rows = repository.page(session, tenant_id=tenant_id, limit=limit, after=after)
-    return rows[:limit], len(rows) > limit
+    data = [to_public(r) for r in rows[:limit]]
+    if after is None:
+        data = catalog_models(settings) + data
+    has_more = len(rows) > limit
+    return Page(data=data, has_more=has_more, next_cursor=rows[limit - 1].id if has_more else None)

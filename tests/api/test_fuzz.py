@@ -37,6 +37,7 @@ from schemathesis.specs.openapi.checks import (
 
 from app.main import create_app
 
+pytestmark = pytest.mark.slow  # about 20 operations x (coverage cases + FUZZ_EXAMPLES)
 FUZZ_EXAMPLES = int(os.environ.get("FUZZ_EXAMPLES", "15"))  # raise it for a deeper, slower run
 CHECKS = [
     not_a_server_error,

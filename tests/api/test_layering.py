@@ -6,6 +6,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[2]
 
 
@@ -14,6 +16,18 @@ def test_api_imports_neither_torch_nor_transformers() -> None:
         "import sys; import app.main; app.main.create_app(); "
         "heavy = sorted(m for m in ('torch', 'transformers') if m in sys.modules); "
         "print(','.join(heavy))"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True
+    )
+    assert result.stdout.strip() == ""
+
+
+def test_the_data_layer_a_worker_imports_loads_no_web_framework() -> None:
+    """Workers use the tables, storage and errors; FastAPI and Starlette stay out of them."""
+    code = (
+        "import sys; import app.db, app.tables, app.storage, app.errors, app.idempotency; "
+        "print(','.join(sorted(m for m in ('fastapi', 'starlette') if m in sys.modules)))"
     )
     result = subprocess.run(
         [sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True
@@ -41,6 +55,7 @@ print("ok")
 """
 
 
+@pytest.mark.slow  # migrates a fresh SQLite database and starts the app in a new process
 def test_embedded_default_serves_requests_in_a_fresh_process(tmp_path: Path) -> None:
     """SQLite + the SQLAlchemy broker, as `make run` starts it, with nothing pre-imported."""
     from tests.factories import TINY_SENTIMENT

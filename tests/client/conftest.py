@@ -80,7 +80,7 @@ def _finish_job(
         )
         for name, content in (artifacts or {}).items():
             key = f"tenants/{job.tenant_id}/jobs/{job_id}/artifacts/{name}"
-            stored = get_storage().put_stream(key, io.BytesIO(content))
+            stored = get_storage().put(key, io.BytesIO(content))
             artifacts_repository.replace(
                 s,
                 Artifact(

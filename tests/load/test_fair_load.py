@@ -148,9 +148,9 @@ def test_fifty_jobs_two_tenants_two_workers(
     # every one of its jobs against the other's queue, so the rule was exercised.
     assert contested_starts >= JOBS_PER_TENANT
 
-    # Rows and files agree: two artifacts a job, each on disk with its recorded size.
+    # Rows and objects agree: two artifacts a job, each stored with its recorded size.
     storage = get_storage()
     assert len(artifacts) == 2 * len(all_ids)
     for artifact in artifacts:
-        path = storage.local_path(artifact.storage_key)
-        assert path.is_file() and path.stat().st_size == artifact.size_bytes
+        info = storage.stat(artifact.storage_key)
+        assert info is not None and info.size_bytes == artifact.size_bytes

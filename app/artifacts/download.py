@@ -1,0 +1,105 @@
+"""An artifact's bytes as an HTTP response: Content-Length, ETag, one byte Range, If-Range.
+
+The bytes go from `Storage.stream` to the client chunk by chunk, so memory stays bounded
+whatever the artifact's size, and no path is ever needed. Several ranges, or a Range header
+this server cannot read, get the whole object: RFC 9110 lets a server ignore either (S3 does).
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from email.utils import formatdate
+from urllib.parse import quote
+
+from fastapi.responses import StreamingResponse
+
+from app.artifacts.models import Artifact
+from app.errors import AppError
+from app.storage import Storage
+
+_BYTE_RANGE = re.compile(r"bytes=([0-9]*)-([0-9]*)", re.ASCII | re.IGNORECASE)
+
+
+def parse_range(header: str, size: int) -> tuple[int, int] | None:
+    """The inclusive [first, last] byte range one `Range: bytes=a-b | a- | -n` header asks of
+    `size` bytes, clamped to them; None to send the whole object. 416 when no byte of it
+    exists."""
+    match = _BYTE_RANGE.fullmatch("".join(header.split()))
+    if match is None:
+        return None
+    first, last = match.groups()
+    if not first:
+        if not last:
+            return None
+        suffix = int(last)  # the last n bytes
+        if suffix == 0 or size == 0:
+            raise _unsatisfiable(size)
+        return max(size - suffix, 0), size - 1
+    start = int(first)
+    end = int(last) if last else size - 1
+    if last and end < start:
+        return None  # syntactically invalid: ignored, like a header we cannot read
+    if start >= size:
+        raise _unsatisfiable(size)
+    return start, min(end, size - 1)
+
+
+def artifact_response(
+    storage: Storage, artifact: Artifact, request_headers: Mapping[str, str]
+) -> StreamingResponse:
+    """200 with the whole artifact, or 206 with the one range asked for; 410 when the object
+    behind the row is gone."""
+    info = storage.stat(artifact.storage_key)
+    if info is None:
+        raise _missing(artifact.name)
+    size = info.size_bytes
+    headers = {
+        "ETag": f'"{artifact.sha256}"',
+        "Last-Modified": formatdate(artifact.created_at.timestamp(), usegmt=True),
+        "Accept-Ranges": "bytes",
+        "Content-Disposition": _content_disposition(artifact.name),
+    }
+    wanted = request_headers.get("range")
+    validator = request_headers.get("if-range")
+    # If-Range names the version the client holds; another one means: send it all again.
+    if wanted is not None and validator in (None, headers["ETag"], headers["Last-Modified"]):
+        byte_range = parse_range(wanted, size)
+    else:
+        byte_range = None
+    start, end = byte_range or (0, size - 1)
+    try:
+        chunks = storage.stream(artifact.storage_key, start, end)
+    except FileNotFoundError as exc:  # deleted between stat and open
+        raise _missing(artifact.name) from exc
+    headers["Content-Length"] = str(end - start + 1)
+    if byte_range is not None:
+        headers["Content-Range"] = f"bytes {start}-{end}/{size}"
+    return StreamingResponse(
+        chunks,
+        status_code=206 if byte_range is not None else 200,
+        media_type=artifact.content_type,
+        headers=headers,
+    )
+
+
+def _content_disposition(filename: str) -> str:
+    quoted = quote(filename)
+    if quoted != filename:  # RFC 6266: non-ASCII names travel percent-encoded
+        return f"attachment; filename*=utf-8''{quoted}"
+    return f'attachment; filename="{filename}"'
+
+
+def _unsatisfiable(size: int) -> AppError:
+    return AppError(
+        "range_not_satisfiable",
+        f"the requested range is outside the artifact's {size} bytes",
+        416,
+        headers={"Content-Range": f"bytes */{size}"},
+    )
+
+
+def _missing(name: str) -> AppError:
+    return AppError(
+        "artifact_missing", f"artifact '{name}' is recorded but its file is gone from storage", 410
+    )

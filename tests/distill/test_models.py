@@ -8,15 +8,11 @@ from contract.config import DistillConfig
 from tests.factories import save_tiny_bert
 from workers.distill import losses as L
 from workers.distill.errors import DistillError
-from workers.distill.models import (
-    Projections,
-    QKVCapture,
-    build_student,
-    layer_map,
-    load_teacher,
-    shrink_embeddings,
-    trim_tokenizer,
-)
+from workers.distill.capture import QKVCapture
+from workers.distill.layer_map import layer_map
+from workers.distill.student import Projections, build_student
+from workers.distill.teacher import load_teacher
+from workers.distill.trim_vocab import shrink_embeddings, trim_tokenizer
 
 
 @pytest.mark.parametrize(
@@ -114,7 +110,7 @@ def test_student_from_teacher_layers_copies_the_mapped_layers(teacher_dir: Path)
             }
         }
     )
-    student = build_student(config, teacher=teacher, task="classification", labels=teacher.labels)
+    student = build_student(config, teacher=teacher)
     t_layers, s_layers = teacher.model.bert.encoder.layer, student.bert.encoder.layer
     for m, g in enumerate([2, 4]):  # uniform 4 -> 2
         for (name, p_s), p_t in zip(
@@ -128,7 +124,7 @@ def test_student_from_teacher_layers_copies_the_mapped_layers(teacher_dir: Path)
 def test_presets_build_their_shapes(teacher_dir: Path) -> None:
     teacher = load_teacher(str(teacher_dir), task="classification", train_labels=["neg", "pos"])
     config = DistillConfig.model_validate({"student": {"preset": "bert-2l-128d"}})
-    student = build_student(config, teacher=teacher, task="classification", labels=teacher.labels)
+    student = build_student(config, teacher=teacher)
     c = student.config
     assert (c.num_hidden_layers, c.hidden_size, c.num_attention_heads, c.intermediate_size) == (
         2,
@@ -144,7 +140,7 @@ def test_student_from_another_model(tmp_path: Path, vocab: list[str], teacher_di
     )
     teacher = load_teacher(str(teacher_dir), task="classification", train_labels=["neg", "pos"])
     config = DistillConfig.model_validate({"student": {"init": "model", "init_model": str(init)}})
-    student = build_student(config, teacher=teacher, task="classification", labels=teacher.labels)
+    student = build_student(config, teacher=teacher)
     base = AutoModel.from_pretrained(init)
     assert torch.equal(
         student.bert.embeddings.word_embeddings.weight, base.embeddings.word_embeddings.weight
@@ -167,8 +163,6 @@ def test_student_from_a_checkpoint_takes_its_weights(tmp_path: Path, teacher_dir
     source = build_student(
         DistillConfig.model_validate({"student": shape}),
         teacher=teacher,
-        task="classification",
-        labels=teacher.labels,
     )
     path = ckpt_io.save(
         tmp_path,
@@ -185,7 +179,7 @@ def test_student_from_a_checkpoint_takes_its_weights(tmp_path: Path, teacher_dir
         {"student": {**shape, "init": "checkpoint", "init_model": str(path)}}
     )
     torch.manual_seed(2)  # a different random start, overwritten by the checkpoint
-    student = build_student(config, teacher=teacher, task="classification", labels=teacher.labels)
+    student = build_student(config, teacher=teacher)
     for name, tensor in source.state_dict().items():
         assert torch.equal(student.state_dict()[name], tensor), name
 
@@ -193,7 +187,7 @@ def test_student_from_a_checkpoint_takes_its_weights(tmp_path: Path, teacher_dir
         {"student": {**shape, "hidden_size": 8, "init": "checkpoint", "init_model": str(path)}}
     )
     with pytest.raises(DistillError) as info:
-        build_student(other, teacher=teacher, task="classification", labels=teacher.labels)
+        build_student(other, teacher=teacher)
     assert info.value.code == "checkpoint_mismatch"
 
 
@@ -233,7 +227,7 @@ def test_narrower_student_is_sliced_from_the_teacher(teacher_dir: Path) -> None:
             }
         }
     )
-    student = build_student(config, teacher=teacher, task="classification", labels=teacher.labels)
+    student = build_student(config, teacher=teacher)
     hidden = torch.arange(24)
     heads = torch.tensor([h * 8 + i for h in range(4) for i in range(6)])  # head dim 8 -> 6
     inner = torch.arange(40)
@@ -270,8 +264,6 @@ def test_same_width_selection_is_an_exact_copy(teacher_dir: Path) -> None:
         build_student(
             DistillConfig.model_validate({"student": {**shape, "init": init}}),
             teacher=teacher,
-            task="classification",
-            labels=teacher.labels,
         )
         for init in ("teacher_layers", "teacher_select")
     )
@@ -304,7 +296,7 @@ def test_teacher_init_refuses_shapes_it_cannot_fill(
         }
     )
     with pytest.raises(DistillError) as caught:
-        build_student(config, teacher=teacher, task="classification", labels=teacher.labels)
+        build_student(config, teacher=teacher)
     assert caught.value.code == "student_init_invalid"
 
 
@@ -325,9 +317,7 @@ def test_auto_slices_a_narrower_student_and_leaves_a_wider_one_random(teacher_di
             }
         )
         torch.manual_seed(0)
-        return build_student(
-            config, teacher=teacher, task="classification", labels=teacher.labels
-        ).state_dict()
+        return build_student(config, teacher=teacher).state_dict()
 
     auto, selected = build("auto", 24, 40), build("teacher_select", 24, 40)
     assert all(torch.equal(auto[k], selected[k]) for k in auto)

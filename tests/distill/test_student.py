@@ -2,99 +2,13 @@ from pathlib import Path
 
 import pytest
 import torch
-from transformers import AutoModel, AutoModelForSequenceClassification, BertConfig, BertModel
+from transformers import AutoModel
 
 from contract.config import DistillConfig
 from tests.factories import save_tiny_bert
-from workers.distill import losses as L
 from workers.distill.errors import DistillError
-from workers.distill.capture import QKVCapture
-from workers.distill.layer_map import layer_map
 from workers.distill.student import Projections, build_student
 from workers.distill.teacher import load_teacher
-from workers.distill.trim_vocab import shrink_embeddings, trim_tokenizer
-
-
-@pytest.mark.parametrize(
-    ("kind", "n", "m", "expected"),
-    [
-        ("uniform", 12, 4, [3, 6, 9, 12]),
-        ("uniform", 12, 6, [2, 4, 6, 8, 10, 12]),
-        ("uniform", 6, 4, [2, 3, 5, 6]),  # N/M not whole: rounded, last meets last
-        ("uniform", 2, 4, [1, 1, 2, 2]),  # a student deeper than its teacher
-        ("top", 12, 4, [9, 10, 11, 12]),
-        ("bottom", 12, 4, [1, 2, 3, 4]),
-        ([1, 5, 12], 12, 3, [1, 5, 12]),
-    ],
-)
-def test_layer_maps(kind: object, n: int, m: int, expected: list[int]) -> None:
-    assert layer_map(kind, teacher_layers=n, student_layers=m) == expected  # type: ignore[arg-type]
-
-
-@pytest.mark.parametrize(("kind", "n", "m"), [("top", 2, 4), ([1, 13], 12, 2), ([1], 12, 2)])
-def test_impossible_layer_maps_are_user_errors(kind: object, n: int, m: int) -> None:
-    with pytest.raises(DistillError) as info:
-        layer_map(kind, teacher_layers=n, student_layers=m)  # type: ignore[arg-type]
-    assert info.value.code == "config_invalid"
-
-
-def _padded_batch() -> dict[str, torch.Tensor]:
-    torch.manual_seed(1)
-    ids = torch.randint(5, 60, (2, 7))
-    mask = torch.ones(2, 7, dtype=torch.long)
-    mask[1, 4:] = 0
-    return {"input_ids": ids, "attention_mask": mask}
-
-
-def test_captured_scores_equal_eager_attentions_pre_softmax() -> None:
-    config = BertConfig(
-        vocab_size=60,
-        hidden_size=16,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        intermediate_size=32,
-        max_position_embeddings=32,
-    )
-    torch.manual_seed(0)
-    model = BertModel(config).eval()
-    model.set_attn_implementation("eager")
-    batch = _padded_batch()
-    capture = QKVCapture(model, [0, 1], values=False)
-    with torch.no_grad():
-        out = model(**batch, output_attentions=True)
-    mask = batch["attention_mask"]
-    for layer in (0, 1):
-        scores = L.attention_scores(capture.get(layer, "query"), capture.get(layer, "key"), 4)
-        masked = scores.masked_fill(mask[:, None, None, :] == 0, torch.finfo(scores.dtype).min)
-        torch.testing.assert_close(masked.softmax(-1), out.attentions[layer])
-    # the same hooks under SDPA (which returns no weights) see the same projections
-    model.set_attn_implementation("sdpa")
-    eager_q = capture.get(1, "query").clone()
-    with torch.no_grad():
-        model(**batch)
-    torch.testing.assert_close(capture.get(1, "query"), eager_q)
-    capture.close()
-
-
-def test_teacher_with_matching_head_keeps_its_label_order(tmp_path: Path, vocab: list[str]) -> None:
-    path = save_tiny_bert(tmp_path / "t", vocab, labels=("pos", "neg"))
-    teacher = load_teacher(str(path), task="classification", train_labels=["neg", "pos", "neg"])
-    assert teacher.has_head and teacher.labels == ["pos", "neg"]
-    other = load_teacher(str(path), task="classification", train_labels=["a", "b", "c"])
-    assert not other.has_head and other.labels == ["a", "b", "c"]
-    assert other.model.config.num_labels == 3
-
-
-def test_teacher_load_failures_carry_codes(tmp_path: Path, vocab: list[str]) -> None:
-    with pytest.raises(DistillError) as missing:
-        load_teacher(str(tmp_path / "nope"), task="classification", train_labels=["a"])
-    assert missing.value.code == "teacher_not_found"
-    from transformers import GPT2Config
-
-    GPT2Config(n_layer=1, n_embd=8, n_head=2).save_pretrained(tmp_path / "gpt")
-    with pytest.raises(DistillError) as unsupported:
-        load_teacher(str(tmp_path / "gpt"), task="classification", train_labels=["a"])
-    assert unsupported.value.code == "teacher_unsupported"
 
 
 def test_student_from_teacher_layers_copies_the_mapped_layers(teacher_dir: Path) -> None:
@@ -139,9 +53,16 @@ def test_student_from_another_model(tmp_path: Path, vocab: list[str], teacher_di
         tmp_path / "init", vocab, head=None, layers=1, hidden=8, heads=2, intermediate=16
     )
     teacher = load_teacher(str(teacher_dir), task="classification", train_labels=["neg", "pos"])
-    config = DistillConfig.model_validate({"student": {"init": "model", "init_model": str(init)}})
-    student = build_student(config, teacher=teacher)
     base = AutoModel.from_pretrained(init)
+    # the config names the model as the user wrote it; the caller says where it found it
+    named = DistillConfig.model_validate({"student": {"init": "model", "init_model": "mdl_x"}})
+    student = build_student(named, teacher=teacher, init_model=str(init))
+    assert torch.equal(
+        student.bert.embeddings.word_embeddings.weight, base.embeddings.word_embeddings.weight
+    )
+    # the CLI's case: the config's init_model is itself a folder
+    local = DistillConfig.model_validate({"student": {"init": "model", "init_model": str(init)}})
+    student = build_student(local, teacher=teacher)
     assert torch.equal(
         student.bert.embeddings.word_embeddings.weight, base.embeddings.word_embeddings.weight
     )
@@ -175,19 +96,22 @@ def test_student_from_a_checkpoint_takes_its_weights(tmp_path: Path, teacher_dir
             student={k: v.clone() for k, v in source.state_dict().items()},
         ),
     )
-    config = DistillConfig.model_validate(
+    config = DistillConfig.model_validate({"student": shape})
+    torch.manual_seed(2)  # a different random start, overwritten by the checkpoint
+    student = build_student(config, teacher=teacher, init_checkpoint=path)
+    for name, tensor in source.state_dict().items():
+        assert torch.equal(student.state_dict()[name], tensor), name
+    # a config from before init_checkpoint existed says the same in init/init_model
+    legacy = DistillConfig.model_validate(
         {"student": {**shape, "init": "checkpoint", "init_model": str(path)}}
     )
-    torch.manual_seed(2)  # a different random start, overwritten by the checkpoint
-    student = build_student(config, teacher=teacher)
+    student = build_student(legacy, teacher=teacher)
     for name, tensor in source.state_dict().items():
         assert torch.equal(student.state_dict()[name], tensor), name
 
-    other = DistillConfig.model_validate(
-        {"student": {**shape, "hidden_size": 8, "init": "checkpoint", "init_model": str(path)}}
-    )
+    other = DistillConfig.model_validate({"student": {**shape, "hidden_size": 8}})
     with pytest.raises(DistillError) as info:
-        build_student(other, teacher=teacher)
+        build_student(other, teacher=teacher, init_checkpoint=path)
     assert info.value.code == "checkpoint_mismatch"
 
 
@@ -195,21 +119,6 @@ def test_projections_start_at_identity_for_equal_widths() -> None:
     x = torch.randn(2, 3, 8)
     torch.testing.assert_close(Projections(8, 8).hidden(x), x)
     assert Projections(4, 8).hidden(torch.randn(2, 3, 4)).shape == (2, 3, 8)
-
-
-def test_trimmed_vocabulary_tokenises_seen_text_the_same(teacher_dir: Path) -> None:
-    model = AutoModelForSequenceClassification.from_pretrained(teacher_dir)
-    teacher = load_teacher(str(teacher_dir), task="classification", train_labels=["neg", "pos"])
-    tok = teacher.tokenizer
-    text = "a clever, brutal movie."
-    ids = tok(text)["input_ids"]
-    trimmed, kept = trim_tokenizer(tok, set(ids))
-    assert len(trimmed) == len(kept) < len(tok)
-    assert trimmed.convert_ids_to_tokens(trimmed(text)["input_ids"]) == tok.convert_ids_to_tokens(
-        ids
-    )
-    shrink_embeddings(model, kept)
-    assert model.get_input_embeddings().weight.shape[0] == len(kept)
 
 
 def test_narrower_student_is_sliced_from_the_teacher(teacher_dir: Path) -> None:

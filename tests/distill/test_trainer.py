@@ -275,45 +275,46 @@ def test_init_model_and_init_checkpoint_keep_the_configs_meaning(
     teacher_dir, vocab, train_examples, dev_examples, tmp_path
 ) -> None:
     """The config says what the user wrote; where the weights lie comes beside it."""
+    import torch
+    from safetensors.torch import load_file
+    from transformers import AutoModelForSequenceClassification
+
     from tests.factories import save_tiny_bert
 
-    source = Recorder()
-    _run(tiny_config(), teacher_dir, train_examples, dev_examples, tmp_path / "a", source)
-    rec = Recorder()
-    run(
-        tiny_config(student={"init": "random"}),
-        teacher=str(teacher_dir),
-        train=train_examples,
-        validation=dev_examples,
-        workdir=tmp_path / "b",
-        callbacks=rec,
-        init_checkpoint=checkpoint_dir(tmp_path / "a") / "last.pt",
-    )
+    # no training stages: the exported student is the student as it was initialised
+    untrained = {"intermediate": {"enabled": False}, "prediction": {"enabled": False}}
+
+    def export_of(config, workdir: Path, **init) -> tuple[dict, Recorder]:  # noqa: ANN001
+        rec = Recorder()
+        result = run(
+            config,
+            teacher=str(teacher_dir),
+            train=train_examples,
+            validation=dev_examples,
+            workdir=workdir,
+            callbacks=rec,
+            **init,
+        )
+        model = AutoModelForSequenceClassification.from_pretrained(result.export_dir)
+        return model.state_dict(), rec
+
+    _run(tiny_config(), teacher_dir, train_examples, dev_examples, tmp_path / "a", Recorder())
+    saved = checkpoint_dir(tmp_path / "a") / "last.pt"
+    trained = torch.load(saved, weights_only=True)["student"]
+    config = tiny_config(student={"init": "random"}, distillation=untrained)
+    state, rec = export_of(config, tmp_path / "b", init_checkpoint=saved)
     assert rec.configs[0].student.init == "random" and rec.configs[0].student.init_model is None
-    # it starts where the other run's student ended: well below a random start
-    fresh = Recorder()
-    _run(
-        tiny_config(student={"init": "random"}),
-        teacher_dir,
-        train_examples,
-        dev_examples,
-        tmp_path / "c",
-        fresh,
-    )
-    assert rec.curve()[0][2] < fresh.curve()[0][2]
+    assert all(torch.equal(state[k], trained[k]) for k in trained)
 
     init = save_tiny_bert(tmp_path / "init", vocab, head=None, hidden=16, heads=4, intermediate=32)
-    named = Recorder()
-    run(
-        tiny_config(student={"init": "model", "init_model": "mdl_0123456789abcdef"}),
-        teacher=str(teacher_dir),
-        train=train_examples,
-        validation=dev_examples,
-        workdir=tmp_path / "d",
-        callbacks=named,
-        init_model=str(init),
+    named = tiny_config(
+        student={"init": "model", "init_model": "mdl_0123456789abcdef"}, distillation=untrained
     )
-    assert named.configs[0].student.init_model == "mdl_0123456789abcdef"
+    state, rec = export_of(named, tmp_path / "c", init_model=str(init))
+    assert rec.configs[0].student.init_model == "mdl_0123456789abcdef"
+    base = load_file(init / "model.safetensors")
+    key = "embeddings.word_embeddings.weight"
+    assert torch.equal(state[f"bert.{key}"], base[key])
 
 
 def test_stages_have_their_own_settings(

@@ -28,6 +28,7 @@ class QKVCapture:
         blocks = encoder_layers(model)
         names: tuple[Projection, ...] = ("query", "key", "value") if values else ("query", "key")
         for i in sorted(set(layers)):
+            # a ModuleList item is typed as Module, whose attributes read as Tensor | Module
             attn: Any = blocks[i].attention.self  # type: ignore[union-attr]
             for name in names:
                 self._handles.append(getattr(attn, name).register_forward_hook(self._hook(i, name)))

@@ -32,6 +32,12 @@ def autocast_for(device: torch.device, *, bf16: bool) -> AbstractContextManager[
     return nullcontext()
 
 
+def on_device(model: PreTrainedModel, device: torch.device) -> PreTrainedModel:
+    """model.to(device), typed: HF's to() is @wraps(Module.to), a signature mypy misreads."""
+    moved: PreTrainedModel = model.to(device)  # type: ignore[arg-type]
+    return moved
+
+
 class FeatureModel:
     """A model plus hooks on the layers whose attention the losses read."""
 

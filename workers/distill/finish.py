@@ -18,6 +18,7 @@ from .checkpoint import teacher_dir
 from .data import Batch, Batches, Encoded, collate
 from .evaluate import compare, count_parameters, size_on_disk, state_bytes, torch_latency
 from .export import export_hf, export_onnx, model_card
+from .features import on_device
 from .prepare import Prepared
 from .student import Student
 
@@ -45,6 +46,8 @@ def finish(
 ) -> RunResult:
     config = ready.config
     student.model.train(False)
+    # on the device even when every stage ran in an earlier process (it never moved there)
+    ready.teacher.model = on_device(ready.teacher.model, device)
     ready.teacher.model.train(False)
     report.marker("evaluate")
     report.event("stage_started", "evaluate started", {"stage": "evaluate"})

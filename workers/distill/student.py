@@ -24,6 +24,7 @@ from contract.vocab import SUPPORTED_MODEL_TYPES
 
 from .checkpoint import Checkpoint, load_file
 from .errors import DistillError
+from .features import on_device
 from .layer_map import encoder_layers, layer_map
 from .teacher import Teacher, head_kwargs, load_config, load_model
 from .trim_vocab import StudentVocab, shrink_embeddings
@@ -86,7 +87,7 @@ def create_student(
         )
         projections = Projections(s_cfg.hidden_size, t_cfg.hidden_size, identity=sliced)
     student = Student(
-        model.to(device),  # type: ignore[arg-type]  # HF types .to's argument as a dtype only
+        on_device(model, device),
         projections.to(device),
         vocab,
     )
@@ -126,6 +127,7 @@ def build_student(
         for key, value in head_kwargs(teacher.task, teacher.labels).items():
             setattr(cfg, key, value)
     model_cls = AutoModel if teacher.task == "general" else AutoModelForSequenceClassification
+    # transformers leaves from_config unannotated
     student: PreTrainedModel = model_cls.from_config(cfg)  # type: ignore[no-untyped-call]
     if init_checkpoint is not None:
         load_checkpoint_student(student, init_checkpoint)

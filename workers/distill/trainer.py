@@ -2,11 +2,11 @@
 (resuming where a checkpoint left off, stopping when asked), then evaluate and export.
 
     run
-     ├─ prepare / plan_stages          prepare.py
-     ├─ for each stage
-     │    ├─ finetune_step | distill_step   steps.py (a table of loss terms)
-     │    └─ train_stage: AdamW + transformers' scheduler, steps, checkpoints, stop polling
-     └─ finish                         finish.py (evaluation, latency, export, metrics.json)
+    ├─ prepare, plan_stages              prepare.py
+    ├─ for each stage
+    │   ├─ finetune_step | distill_step  steps.py: a table of loss terms
+    │   └─ train_stage                   AdamW, transformers' scheduler, checkpoints, stop polls
+    └─ finish                            finish.py: evaluation, latency, export, metrics.json
 """
 
 from __future__ import annotations
@@ -31,6 +31,7 @@ from contract.records import Example
 from . import checkpoint as ckpt
 from .callbacks import Callbacks, Event, Progress, Reporter
 from .errors import DistillError, Stopped
+from .features import on_device
 from .finish import RunResult, finish
 from .prepare import PlannedStage, Prepared, plan_stages, prepare
 from .steps import Step, distill_step, finetune_step
@@ -126,7 +127,7 @@ def finetune_teacher(
 ) -> None:
     """Give the teacher a head for the labels; saved whole for the stages after it."""
     teacher = ready.teacher
-    teacher.model = teacher.model.to(device)  # type: ignore[arg-type]  # HF types .to as dtype-only
+    teacher.model = on_device(teacher.model, device)
     if state is not None and state.teacher is not None:
         teacher.model.load_state_dict(state.teacher)
     step = finetune_step(teacher, device=device, bf16=ready.config.bf16)
@@ -146,7 +147,7 @@ def distill(
     device: torch.device,
 ) -> None:
     """One distillation stage: the student against the teacher's targets."""
-    ready.teacher.model = ready.teacher.model.to(device)  # type: ignore[arg-type]  # as above
+    ready.teacher.model = on_device(ready.teacher.model, device)
     step = distill_step(
         stage.name, ready.config, teacher=ready.teacher, student=student, device=device
     )
@@ -254,7 +255,7 @@ def optimizer_step(
     total = losses["total"]
     optimizer.zero_grad(set_to_none=True)
     if total.requires_grad:  # False only when every term of the stage weighs 0
-        total.backward()  # type: ignore[no-untyped-call]
+        total.backward()  # type: ignore[no-untyped-call]  # unannotated in torch
     nn.utils.clip_grad_norm_(trainable, MAX_GRAD_NORM)
     optimizer.step()
     scheduler.step()

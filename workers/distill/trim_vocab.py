@@ -71,7 +71,7 @@ def trim_tokenizer(
         for k in ("unk_token", "sep_token", "pad_token", "cls_token", "mask_token")
         if getattr(tokenizer, k, None) is not None
     }
-    trimmed = PreTrainedTokenizerFast(  # type: ignore[no-untyped-call]
+    trimmed = PreTrainedTokenizerFast(  # type: ignore[no-untyped-call]  # unannotated __init__
         tokenizer_object=Tokenizer.from_str(json.dumps(state)),
         model_max_length=tokenizer.model_max_length,
         **specials,

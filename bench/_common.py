@@ -73,8 +73,12 @@ def score_folder(model_dir: Path, examples: Sequence[Any], *, max_length: int) -
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
     from workers.distill.data import Batches, encode
-    from workers.distill.evaluate import classification_metrics, predict, size_on_disk
-    from workers.distill.models import count_parameters
+    from workers.distill.evaluate import (
+        classification_metrics,
+        count_parameters,
+        predict,
+        size_on_disk,
+    )
 
     model = AutoModelForSequenceClassification.from_pretrained(model_dir).eval()
     tokenizer = AutoTokenizer.from_pretrained(model_dir)

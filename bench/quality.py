@@ -309,7 +309,7 @@ def finetune_teacher(
     """
     from transformers import AutoTokenizer
 
-    from workers.distill.checkpoint import TEACHER_DIR
+    from workers.distill.checkpoint import teacher_dir
 
     epochs = s.teacher_epochs or stage_epochs("teacher_finetune", n=len(train), s=s)
     config = base_config(
@@ -332,7 +332,7 @@ def finetune_teacher(
     )
     # The engine saves the fine-tuned weights without a tokenizer; add it to make a teacher.
     target = work / dataset / "teacher"
-    shutil.copytree(workdir / "checkpoints" / TEACHER_DIR, target)
+    shutil.copytree(teacher_dir(workdir), target)
     AutoTokenizer.from_pretrained(teacher_path()).save_pretrained(target)
     timing["engine_validation"] = result.metrics.get("teacher")
     timing["epochs"] = epochs

@@ -31,7 +31,7 @@ import torch
 from _common import RESULTS_DIR, log, write_json
 
 from contract.config import DistillationConfig, LossWeights, StageConfig, StudentConfig
-from workers.distill.models import layer_map
+from workers.distill.layer_map import layer_map
 from workers.distill.trainer import Event, Progress, run
 
 

@@ -7,7 +7,9 @@ import os
 import re
 from collections import Counter
 from collections.abc import Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 # --- tiny BERTs and their WordPiece vocabulary (tests/distill) ---
 
@@ -95,6 +97,59 @@ def save_tiny_bert(
     model.save_pretrained(directory)
     save_tiny_tokenizer(directory, vocab)
     return directory
+
+
+# --- engine runs (tests/distill) ---
+
+
+@dataclass
+class Recorder:
+    """Engine callbacks that keep everything and can ask to stop after a given global step."""
+
+    stop_at: int | None = None
+    progress: list[Any] = field(default_factory=list)  # workers.distill.callbacks.Progress
+    events: list[Any] = field(default_factory=list)  # workers.distill.callbacks.Event
+    configs: list[Any] = field(default_factory=list)  # contract.config.DistillConfig
+
+    def on_config(self, config: Any) -> None:
+        self.configs.append(config)
+
+    def on_progress(self, p: Any) -> None:
+        self.progress.append(p)
+
+    def on_event(self, e: Any) -> None:
+        self.events.append(e)
+
+    def should_stop(self) -> bool:
+        trained = [p for p in self.progress if p.losses]
+        return self.stop_at is not None and bool(trained) and trained[-1].step >= self.stop_at
+
+    def curve(self) -> list[tuple[str, int, float]]:
+        return [(p.stage, p.step, p.losses["total"]) for p in self.progress if p.losses]
+
+
+def tiny_config(**overrides: Any):  # -> contract.config.DistillConfig
+    """A 2-layer, 16-wide student; one epoch per stage; no ONNX unless asked."""
+    from contract.config import DistillConfig
+
+    raw: dict[str, Any] = {
+        "student": {
+            "preset": None,
+            "num_layers": 2,
+            "hidden_size": 16,
+            "num_attention_heads": 4,
+            "intermediate_size": 32,
+        },
+        "hyperparameters": {"epochs": 1, "batch_size": 16, "learning_rate": 1e-3},
+        "export": {"onnx": False, "latency_runs": 1},
+        "log_every_steps": 2,
+    }
+    for key, value in overrides.items():
+        if isinstance(value, dict) and isinstance(raw.get(key), dict):
+            raw[key] = {**raw[key], **value}
+        else:
+            raw[key] = value
+    return DistillConfig.model_validate(raw)
 
 
 # --- service-level builders (tests/api, tests/workers): archives and dataset files ---

@@ -7,7 +7,7 @@ from transformers import AutoTokenizer
 
 from contract.config import AugmentationConfig
 from contract.records import Example
-from tests.distill.conftest import Recorder, tiny_config
+from tests.factories import Recorder, tiny_config
 from workers.distill.augment import augment
 from workers.distill.errors import DistillError
 from workers.distill.trainer import run

@@ -3,11 +3,14 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from tests.factories import TINY_SENTIMENT
 
 REPO = Path(__file__).resolve().parents[2]
 
 
+@pytest.mark.slow
 def test_cli_runs_a_tiny_job(teacher_dir, tmp_path) -> None:
     lines = (TINY_SENTIMENT / "train.jsonl").read_text().splitlines()[:24]
     (tmp_path / "train.jsonl").write_text("\n".join(lines) + "\n")

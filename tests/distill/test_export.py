@@ -1,15 +1,16 @@
 import json
-from pathlib import Path
 
 import numpy as np
 import onnxruntime as ort
+import pytest
 import torch
 from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
-from tests.distill.conftest import Recorder, tiny_config
+from tests.factories import Recorder, tiny_config
 from workers.distill.trainer import run
 
 
+@pytest.mark.slow
 def test_export_loads_with_auto_classes_and_onnx_matches(
     teacher_dir, train_examples, dev_examples, tmp_path
 ) -> None:
@@ -44,28 +45,3 @@ def test_export_loads_with_auto_classes_and_onnx_matches(
     assert "library_name: transformers" in card and '"accuracy"' in card and '"layer_map"' in card
     saved = json.loads((tmp_path / "metrics.json").read_text())
     assert saved["student"] == result.metrics["student"]
-
-
-def test_a_finished_run_reexports_without_training_again(
-    teacher_dir, train_examples, dev_examples, tmp_path
-) -> None:
-    config = tiny_config()
-    run(
-        config,
-        teacher=str(teacher_dir),
-        train=train_examples,
-        validation=dev_examples,
-        workdir=tmp_path,
-        callbacks=Recorder(),
-    )
-    again = Recorder()
-    result = run(
-        config,
-        teacher=str(teacher_dir),
-        train=train_examples,
-        validation=dev_examples,
-        workdir=tmp_path,
-        callbacks=again,
-    )
-    assert again.curve() == []
-    assert Path(result.export_dir, "config.json").exists()

@@ -16,6 +16,16 @@ def test_attention_mse_ignores_padded_rows_and_keys() -> None:
     assert L.attention_mse(s, t, mask).item() == pytest.approx((1 + 4 + 9 + 16) / 4)
 
 
+def test_attention_mse_is_a_mean_over_heads() -> None:
+    mask = torch.tensor([[1, 1, 0]])
+    s = torch.zeros(1, 3, 3, 3)
+    t = torch.stack([torch.full((3, 3), float(h + 1)) for h in range(3)]).unsqueeze(0)
+    # head h is off by h + 1 on each of the 4 pairs of real tokens: (1 + 4 + 9) / 3 heads
+    assert L.attention_mse(s, t, mask).item() == pytest.approx(14 / 3)
+    # the mean is per head: twice the heads of the same error is the same loss
+    assert L.attention_mse(torch.zeros(1, 6, 3, 3), torch.ones(1, 6, 3, 3), mask).item() == 1.0
+
+
 def test_attention_scores_are_qkt_over_sqrt_d() -> None:
     q = torch.tensor([[[1.0, 0.0, 2.0, 0.0]]])  # (b=1, L=1, 2 heads x d=2)
     k = torch.tensor([[[3.0, 0.0, 1.0, 1.0]]])

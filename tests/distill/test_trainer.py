@@ -3,9 +3,10 @@ from pathlib import Path
 import pytest
 from transformers import AutoModel
 
-from contract.config import teacher_finetune_rate
+from contract.config import DistillConfig
 from contract.records import Example
-from tests.distill.conftest import Recorder, tiny_config
+from tests.factories import Recorder, tiny_config
+from workers.distill.checkpoint import checkpoint_dir
 from workers.distill.errors import DistillError, Stopped
 from workers.distill.trainer import run
 
@@ -21,6 +22,7 @@ def _run(config, teacher: Path, train, dev, workdir: Path, recorder: Recorder): 
     )
 
 
+@pytest.mark.slow
 def test_same_seed_gives_the_same_losses(
     teacher_dir, train_examples, dev_examples, tmp_path
 ) -> None:
@@ -54,6 +56,7 @@ def test_progress_covers_every_step_with_a_planned_total(
     assert m["size_bytes"]["student"] > 0 and m["latency_ms"]["student"]["batch_32"]["median"] > 0
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     ("teacher_fixture", "stop_at"),
     [
@@ -90,69 +93,6 @@ def test_resume_refuses_another_config(teacher_dir, train_examples, dev_examples
     with pytest.raises(DistillError) as info:
         _run(tiny_config(seed=1), teacher_dir, train_examples, dev_examples, tmp_path, Recorder())
     assert info.value.code == "checkpoint_mismatch"
-
-
-def test_teacher_without_head_is_fine_tuned_first(
-    base_teacher_dir, train_examples, dev_examples, tmp_path
-) -> None:
-    rec = Recorder()
-    result = _run(tiny_config(), base_teacher_dir, train_examples, dev_examples, tmp_path, rec)
-    stages = [p.stage for p in rec.progress if p.losses]
-    assert stages[:3] == ["teacher_finetune"] * 3
-    # no rate was set: the recipe's for this teacher's width (32: a narrow teacher's 1e-4),
-    # scaled to the batch size, peaks after the warm-up
-    rate = teacher_finetune_rate(32) * (tiny_config().hyperparameters.batch_size / 32) ** 0.5
-    started = next(e for e in rec.events if e.type == "stage_started")
-    assert started.data["learning_rate"] == pytest.approx(rate)
-    assert (tmp_path / "checkpoints" / "teacher-finetuned" / "model.safetensors").exists()
-    assert "accuracy" in result.metrics["teacher"]
-
-
-def test_stages_have_their_own_settings(
-    teacher_dir, train_examples, dev_examples, tmp_path
-) -> None:
-    config = tiny_config(
-        distillation={
-            "intermediate": {
-                "epochs": 2,
-                "learning_rate": 1e-2,
-                "schedule": "constant",
-                "warmup_ratio": 0.0,
-            },
-            "prediction": {"epochs": 1, "schedule": "cosine"},
-        }
-    )
-    rec = Recorder()
-    _run(config, teacher_dir, train_examples, dev_examples, tmp_path, rec)
-    inter = [p for p in rec.progress if p.stage == "intermediate_distill"]
-    assert len(inter) == 6 and {p.learning_rate for p in inter} == {1e-2}
-    pred = [p.learning_rate for p in rec.progress if p.stage == "prediction_distill"]
-    assert pred[0] > pred[-1]
-
-
-def test_validation_is_held_out_when_missing(teacher_dir, train_examples, tmp_path) -> None:
-    result = _run(
-        tiny_config(validation_fraction=0.25),
-        teacher_dir,
-        train_examples,
-        None,
-        tmp_path,
-        Recorder(),
-    )
-    assert result.metrics["validation_examples"] == 10
-
-
-def test_unknown_validation_label_is_a_dataset_error(teacher_dir, train_examples, tmp_path) -> None:
-    with pytest.raises(DistillError) as info:
-        _run(
-            tiny_config(),
-            teacher_dir,
-            train_examples,
-            [Example("x", label="meh")],
-            tmp_path,
-            Recorder(),
-        )
-    assert info.value.code == "dataset_invalid"
 
 
 def test_regression_on_text_pairs(tmp_path, vocab) -> None:
@@ -206,6 +146,7 @@ def test_general_distillation_exports_a_base_model(
     assert model.config.num_hidden_layers == 2
 
 
+@pytest.mark.slow
 def test_trimmed_vocabulary_student(teacher_dir, train_examples, dev_examples, tmp_path) -> None:
     result = _run(
         tiny_config(student={"trim_vocab": True}, export={"onnx": True}),
@@ -226,6 +167,7 @@ def test_trimmed_vocabulary_student(teacher_dir, train_examples, dev_examples, t
     assert tok.tokenize(text) == teacher_tok.tokenize(text)
 
 
+@pytest.mark.slow
 def test_training_on_labels_alone_never_runs_the_teacher(
     teacher_dir, train_examples, dev_examples, tmp_path
 ) -> None:
@@ -259,3 +201,155 @@ def test_training_on_labels_alone_never_runs_the_teacher(
     assert len(steps) == len(kd_steps)
     # Evaluation and export score the teacher in both runs; only KD adds one call a step.
     assert alone > 0 and with_kd - alone == len(steps)
+
+
+def test_the_loss_falls_over_a_short_run(
+    teacher_dir, train_examples, dev_examples, tmp_path
+) -> None:
+    config = tiny_config(
+        student={"init": "random"},
+        distillation={
+            "intermediate": {"epochs": 5, "learning_rate": 5e-3},
+            "prediction": {"enabled": False},
+        },
+    )
+    rec = Recorder()
+    _run(config, teacher_dir, train_examples, dev_examples, tmp_path, rec)
+    totals = [loss for _, _, loss in rec.curve()]
+    assert len(totals) == 15
+    assert sum(totals[-3:]) < 0.7 * sum(totals[:3])
+
+
+def test_the_teacher_is_in_eval_mode_whenever_the_student_learns(
+    base_teacher_dir, train_examples, dev_examples, tmp_path
+) -> None:
+    """Fine-tuning leaves the teacher in train mode; distillation must not read it that way."""
+    import torch
+
+    rec = Recorder()
+    seen: list[tuple[str, bool]] = []
+
+    def spy(module, _args, _output) -> None:  # noqa: ANN001
+        if module.__class__.__name__.endswith("ForSequenceClassification") and (
+            module.config.hidden_size == 32  # the teacher's width; the student is 16 wide
+        ):
+            started = [e.data["stage"] for e in rec.events if e.type == "stage_started"]
+            seen.append((started[-1], module.training))
+
+    handle = torch.nn.modules.module.register_module_forward_hook(spy)
+    try:
+        _run(tiny_config(), base_teacher_dir, train_examples, dev_examples, tmp_path, rec)
+    finally:
+        handle.remove()
+    modes = {stage: {training for s, training in seen if s == stage} for stage, _ in seen}
+    assert modes["teacher_finetune"] == {True}
+    assert modes["intermediate_distill"] == modes["prediction_distill"] == {False}
+
+
+@pytest.mark.slow
+def test_resolving_twice_changes_nothing_and_the_resolved_config_resumes(
+    base_teacher_dir, train_examples, dev_examples, tmp_path
+) -> None:
+    """The runner keeps the config the engine reports and hands it back on resume."""
+    whole = Recorder()
+    config = tiny_config(checkpoint_every_steps=10_000)
+    _run(config, base_teacher_dir, train_examples, dev_examples, tmp_path / "whole", whole)
+    (resolved,) = whole.configs
+    assert resolved.distillation.teacher_finetune.learning_rate is not None
+    again = resolved.resolved(num_train_examples=len(train_examples), teacher_width=32)
+    assert again == resolved
+    assert resolved.resolved(num_train_examples=1, teacher_width=768) == resolved
+
+    first = Recorder(stop_at=4)
+    with pytest.raises(Stopped):
+        _run(config, base_teacher_dir, train_examples, dev_examples, tmp_path / "cut", first)
+    stored = DistillConfig.model_validate(first.configs[0].model_dump(mode="json"))  # the row
+    second = Recorder()
+    _run(stored, base_teacher_dir, train_examples, dev_examples, tmp_path / "cut", second)
+    assert second.configs == [resolved]
+    assert first.curve() + second.curve() == whole.curve()
+
+
+@pytest.mark.slow
+def test_init_model_and_init_checkpoint_keep_the_configs_meaning(
+    teacher_dir, vocab, train_examples, dev_examples, tmp_path
+) -> None:
+    """The config says what the user wrote; where the weights lie comes beside it."""
+    import torch
+    from safetensors.torch import load_file
+    from transformers import AutoModelForSequenceClassification
+
+    from tests.factories import save_tiny_bert
+
+    # no training stages: the exported student is the student as it was initialised
+    untrained = {"intermediate": {"enabled": False}, "prediction": {"enabled": False}}
+
+    def export_of(config, workdir: Path, **init) -> tuple[dict, Recorder]:  # noqa: ANN001
+        rec = Recorder()
+        result = run(
+            config,
+            teacher=str(teacher_dir),
+            train=train_examples,
+            validation=dev_examples,
+            workdir=workdir,
+            callbacks=rec,
+            **init,
+        )
+        model = AutoModelForSequenceClassification.from_pretrained(result.export_dir)
+        return model.state_dict(), rec
+
+    _run(tiny_config(), teacher_dir, train_examples, dev_examples, tmp_path / "a", Recorder())
+    saved = checkpoint_dir(tmp_path / "a") / "last.pt"
+    trained = torch.load(saved, weights_only=True)["student"]
+    config = tiny_config(student={"init": "random"}, distillation=untrained)
+    state, rec = export_of(config, tmp_path / "b", init_checkpoint=saved)
+    assert rec.configs[0].student.init == "random" and rec.configs[0].student.init_model is None
+    assert all(torch.equal(state[k], trained[k]) for k in trained)
+
+    init = save_tiny_bert(tmp_path / "init", vocab, head=None, hidden=16, heads=4, intermediate=32)
+    named = tiny_config(
+        student={"init": "model", "init_model": "mdl_0123456789abcdef"}, distillation=untrained
+    )
+    state, rec = export_of(named, tmp_path / "c", init_model=str(init))
+    assert rec.configs[0].student.init_model == "mdl_0123456789abcdef"
+    base = load_file(init / "model.safetensors")
+    key = "embeddings.word_embeddings.weight"
+    assert torch.equal(state[f"bert.{key}"], base[key])
+
+
+def test_stages_have_their_own_settings(
+    teacher_dir, train_examples, dev_examples, tmp_path
+) -> None:
+    config = tiny_config(
+        distillation={
+            "intermediate": {
+                "epochs": 2,
+                "learning_rate": 1e-2,
+                "schedule": "constant",
+                "warmup_ratio": 0.0,
+            },
+            "prediction": {"epochs": 1, "schedule": "cosine"},
+        }
+    )
+    rec = Recorder()
+    _run(config, teacher_dir, train_examples, dev_examples, tmp_path, rec)
+    inter = [p for p in rec.progress if p.stage == "intermediate_distill"]
+    assert len(inter) == 6 and {p.learning_rate for p in inter} == {1e-2}
+    pred = [p.learning_rate for p in rec.progress if p.stage == "prediction_distill"]
+    assert pred[0] > pred[-1]
+
+
+def test_a_teacher_handed_over_from_another_folder_still_resumes(
+    teacher_dir, train_examples, dev_examples, tmp_path
+) -> None:
+    """The checkpoint knows its teacher by content, so a caller may materialise it anew."""
+    import shutil
+
+    moved = shutil.copytree(teacher_dir, tmp_path / "scratch" / "teacher")
+    with pytest.raises(Stopped):
+        _run(
+            tiny_config(), teacher_dir, train_examples, dev_examples, tmp_path, Recorder(stop_at=2)
+        )
+    rec = Recorder()
+    _run(tiny_config(), moved, train_examples, dev_examples, tmp_path, rec)
+    assert rec.curve()[0][1] == 3

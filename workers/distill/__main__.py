@@ -15,7 +15,7 @@ import signal
 import sys
 from pathlib import Path
 from types import FrameType
-from typing import Any
+from typing import TYPE_CHECKING
 
 from pydantic import ValidationError
 
@@ -23,6 +23,9 @@ from contract.config import DistillConfig
 from contract.records import Example, RecordError, parse_dataset
 
 from .errors import DistillError, Stopped
+
+if TYPE_CHECKING:  # the real import waits until the job is sound (it loads torch)
+    from .callbacks import Event, Progress
 
 
 class ConsoleCallbacks:
@@ -35,7 +38,7 @@ class ConsoleCallbacks:
     def on_config(self, config: DistillConfig) -> None:
         pass
 
-    def on_progress(self, p: Any) -> None:
+    def on_progress(self, p: Progress) -> None:
         if p.losses and (p.step % self.every == 0 or p.step == p.total_steps):
             parts = " ".join(f"{k}={v:.4f}" for k, v in p.losses.items())
             print(
@@ -43,7 +46,7 @@ class ConsoleCallbacks:
                 file=sys.stderr,
             )
 
-    def on_event(self, e: Any) -> None:
+    def on_event(self, e: Event) -> None:
         if e.type != "loss":
             print(f"{e.level}: {e.message}", file=sys.stderr)
 
@@ -59,6 +62,11 @@ def read_examples(path: Path) -> list[Example]:
         return parse_dataset(f, filename=path.name).examples
 
 
+def _beside(base: Path, ref: str) -> str:
+    """A path relative to job.json's folder when one exists there; else as given (a hub id)."""
+    return str(base / ref) if (base / ref).exists() else ref
+
+
 def run_job(job_path: Path) -> int:
     job = json.loads(job_path.read_text(encoding="utf-8"))
     base = job_path.parent
@@ -70,9 +78,8 @@ def run_job(job_path: Path) -> int:
             f"'config' (unknown: {sorted(unknown)})",
         )
     config = DistillConfig.model_validate(job.get("config") or {})
-    teacher = str(job["teacher"])
-    if (base / teacher).exists():
-        teacher = str(base / teacher)
+    teacher = _beside(base, str(job["teacher"]))
+    init_model = config.student.init_model if config.student.init == "model" else None
     train = read_examples(base / job["train"])
     validation = read_examples(base / job["validation"]) if job.get("validation") else None
     workdir = base / job.get("workdir", "run")
@@ -87,6 +94,7 @@ def run_job(job_path: Path) -> int:
         validation=validation,
         workdir=workdir,
         callbacks=callbacks,
+        init_model=_beside(base, init_model) if init_model else None,
     )
     print(
         json.dumps(

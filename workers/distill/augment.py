@@ -14,7 +14,7 @@ import hashlib
 import json
 import os
 import random
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -24,12 +24,16 @@ from transformers import AutoConfig, AutoModelForMaskedLM, AutoTokenizer, PreTra
 
 from contract.config import AugmentationConfig
 from contract.records import Example
+from contract.vocab import EventType
 
 from .errors import DistillError
 from .features import autocast_for
 
 CACHE_VERSION = 1
-EventFn = Callable[[str, str, dict[str, Any]], None]
+EventFn = Callable[[EventType, str, dict[str, Any]], None]
+
+
+_Fields = list[list[str] | None]  # an example's words: [text, text_pair or None]
 
 
 @dataclass(frozen=True)
@@ -68,7 +72,7 @@ def augment(
         )
     mlm, mlm_tokenizer = load_mlm(settings.mlm_model, device=device)
     basic = _word_splitter(tokenizer)
-    fields = [
+    fields: list[_Fields] = [
         [basic(e.text), basic(e.text_pair) if e.text_pair is not None else None] for e in examples
     ]
     slots = [
@@ -89,10 +93,29 @@ def augment(
         device=device,
         max_length=max_length,
     )
-    by_example: dict[int, list[tuple[_Slot, list[str]]]] = {}
-    for slot, cands in zip(slots, candidates, strict=True):
-        by_example.setdefault(slot.example, []).append((slot, cands))
+    out = _replace(examples, fields, zip(slots, candidates, strict=True), settings, seed=seed)
+    _write(path, out)
+    if on_event:
+        on_event(
+            "stage_finished",
+            f"augmentation made {len(out)} examples",
+            {"phase": "augment", "examples": len(out), "cached": False},
+        )
+    return out
 
+
+def _replace(
+    examples: Sequence[Example],
+    fields: list[_Fields],
+    candidates: Iterable[tuple[_Slot, list[str]]],
+    settings: AugmentationConfig,
+    *,
+    seed: int,
+) -> list[Example]:
+    """Up to n_a new copies of each example, each slot swapped with probability p_t."""
+    by_example: dict[int, list[tuple[_Slot, list[str]]]] = {}
+    for slot, cands in candidates:
+        by_example.setdefault(slot.example, []).append((slot, cands))
     rng = random.Random(seed)
     out: list[Example] = []
     for i, e in enumerate(examples):
@@ -109,16 +132,7 @@ def augment(
                 seen.add((text, pair))
                 out.append(Example(text=text, text_pair=pair, label=e.label))
             if len(out) >= settings.max_examples:
-                break
-        if len(out) >= settings.max_examples:
-            break
-    _write(path, out)
-    if on_event:
-        on_event(
-            "stage_finished",
-            f"augmentation made {len(out)} examples",
-            {"phase": "augment", "examples": len(out), "cached": False},
-        )
+                return out
     return out
 
 
@@ -150,7 +164,7 @@ def load_mlm(source: str, *, device: torch.device) -> tuple[Any, PreTrainedToken
 def _candidates(
     mlm: Any,
     tokenizer: PreTrainedTokenizerBase,
-    fields: list[list[list[str] | None]],
+    fields: list[_Fields],
     slots: list[_Slot],
     *,
     k: int,
@@ -169,45 +183,69 @@ def _candidates(
         return piece_cache[word]
 
     out: list[list[str]] = []
-    assert tokenizer.mask_token_id is not None
     for start in range(0, len(slots), batch_size):
-        chunk = slots[start : start + batch_size]
-        rows, positions = [], []
-        for slot in chunk:
+        rows = []
+        for slot in slots[start : start + batch_size]:
             words = fields[slot.example][slot.field]
-            assert words is not None
-            ids = [tokenizer.cls_token_id]
-            pos = -1
-            for w, word in enumerate(words):
-                if w == slot.word:
-                    pos = len(ids)
-                    ids.append(tokenizer.mask_token_id)
-                else:
-                    ids.extend(pieces(word))
-            ids = ids[: max_length - 1] + [tokenizer.sep_token_id]
-            rows.append(ids)
-            positions.append(pos if pos < max_length - 1 else -1)
-        width = max(len(r) for r in rows)
-        input_ids = torch.full((len(rows), width), tokenizer.pad_token_id or 0, dtype=torch.long)
-        mask = torch.zeros_like(input_ids)
-        for r, ids in enumerate(rows):
-            input_ids[r, : len(ids)] = torch.tensor(ids)
-            mask[r, : len(ids)] = 1
-        with torch.no_grad(), autocast_for(device, bf16=True):
-            logits = mlm(input_ids=input_ids.to(device), attention_mask=mask.to(device)).logits
-        for r, pos in enumerate(positions):
-            if pos < 0:
-                out.append([])
-                continue
-            # a few extra so that dropping specials and sub-word pieces still leaves k
-            top = logits[r, pos].float().topk(min(k + 10, logits.shape[-1])).indices.tolist()
-            words = [
-                tok
-                for tid, tok in zip(top, tokenizer.convert_ids_to_tokens(top), strict=True)
-                if tid not in special and not tok.startswith("##")
-            ]
-            out.append(words[:k])
+            assert words is not None  # slots exist only for present fields
+            rows.append(_masked(words, slot.word, tokenizer, pieces, max_length=max_length))
+        logits = _mlm_logits(mlm, [ids for ids, _ in rows], tokenizer.pad_token_id, device)
+        for r, (_, pos) in enumerate(rows):
+            out.append(_top_words(logits[r, pos], tokenizer, special, k) if pos >= 0 else [])
     return out
+
+
+def _masked(
+    words: list[str],
+    masked: int,
+    tokenizer: PreTrainedTokenizerBase,
+    pieces: Callable[[str], list[int]],
+    *,
+    max_length: int,
+) -> tuple[list[int], int]:
+    """([CLS] pieces with word `masked` as one [MASK] [SEP], its position or -1 if cut off)."""
+    assert tokenizer.mask_token_id is not None  # load_mlm refuses a tokenizer without one
+    ids = [tokenizer.cls_token_id]
+    pos = -1
+    for w, word in enumerate(words):
+        if w == masked:
+            pos = len(ids)
+            ids.append(tokenizer.mask_token_id)
+        else:
+            ids.extend(pieces(word))
+    ids = ids[: max_length - 1] + [tokenizer.sep_token_id]
+    return [int(i) for i in ids], pos if pos < max_length - 1 else -1
+
+
+def _mlm_logits(
+    mlm: Any, rows: list[list[int]], pad_id: int | None, device: torch.device
+) -> torch.Tensor:
+    """(rows, longest row, vocabulary) masked-LM logits of right-padded rows."""
+    width = max(len(r) for r in rows)
+    input_ids = torch.full((len(rows), width), pad_id or 0, dtype=torch.long)
+    mask = torch.zeros_like(input_ids)
+    for r, ids in enumerate(rows):
+        input_ids[r, : len(ids)] = torch.tensor(ids)
+        mask[r, : len(ids)] = 1
+    with torch.no_grad(), autocast_for(device, bf16=True):
+        logits: torch.Tensor = mlm(
+            input_ids=input_ids.to(device), attention_mask=mask.to(device)
+        ).logits
+    return logits
+
+
+def _top_words(
+    logits: torch.Tensor, tokenizer: PreTrainedTokenizerBase, special: set[int], k: int
+) -> list[str]:
+    """The k likeliest whole words of one (vocabulary,) row of logits."""
+    # a few extra so that dropping specials and sub-word pieces still leaves k
+    top = logits.float().topk(min(k + 10, logits.shape[-1])).indices.tolist()
+    words = [
+        tok
+        for tid, tok in zip(top, tokenizer.convert_ids_to_tokens(top), strict=True)
+        if tid not in special and not tok.startswith("##")
+    ]
+    return words[:k]
 
 
 def _word_splitter(tokenizer: PreTrainedTokenizerBase) -> Callable[[str], list[str]]:

@@ -1,19 +1,26 @@
-"""Save and load {student, projections, optimizer, scheduler, step, rng, data order, config}."""
+"""Save and load {student, projections, optimizer, scheduler, step, rng, data order, config}, and
+the fingerprint that says which run a checkpoint belongs to."""
 
 from __future__ import annotations
 
 import hashlib
 import io
+import json
 import os
 import random
 import shutil
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
+from torch import nn
 from transformers import PreTrainedModel
+
+from contract.config import DistillConfig
+from contract.records import Example
 
 from .errors import DistillError
 
@@ -25,6 +32,11 @@ TEACHER_DIR = "teacher-finetuned"
 def checkpoint_dir(workdir: Path) -> Path:
     """Everything a run needs to resume: the last checkpoint and the fine-tuned teacher."""
     return workdir / "checkpoints"
+
+
+def teacher_dir(workdir: Path) -> Path:
+    """The fine-tuned teacher (a save_pretrained folder), inside checkpoint_dir."""
+    return checkpoint_dir(workdir) / TEACHER_DIR
 
 
 @dataclass
@@ -48,6 +60,37 @@ def fingerprint(*parts: str) -> str:
         h.update(part.encode())
         h.update(b"\0")
     return h.hexdigest()
+
+
+def run_fingerprint(
+    config: DistillConfig,
+    teacher: nn.Module,
+    train: Sequence[Example],
+    validation: Sequence[Example],
+) -> str:
+    """What a checkpoint is valid for: the resolved config, the teacher's weights, the data.
+
+    The teacher counts by content, not by path, so a caller may hand the same teacher over from
+    another folder on resume. Cost: one pass over its weights (about a second for BERT-base).
+    """
+    canonical = json.dumps(json.loads(config.model_dump_json()), sort_keys=True)
+    splits = [json.dumps([[e.text, e.text_pair, e.label] for e in s]) for s in (train, validation)]
+    return fingerprint(canonical, weights_digest(teacher), *splits)
+
+
+def weights_digest(module: nn.Module) -> str:
+    h = hashlib.sha256()
+    for name, tensor in module.state_dict().items():
+        h.update(name.encode())
+        h.update(str(tuple(tensor.shape)).encode())
+        # the raw bytes, whatever the dtype (numpy has no bfloat16)
+        h.update(tensor.detach().cpu().reshape(-1).view(torch.uint8).numpy())
+    return h.hexdigest()
+
+
+def cpu_state(module: nn.Module) -> dict[str, torch.Tensor]:
+    """A copy of the module's tensors on the CPU, safe to keep while training goes on."""
+    return {k: v.detach().cpu().clone() for k, v in module.state_dict().items()}
 
 
 def rng_state() -> dict[str, Any]:

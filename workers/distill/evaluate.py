@@ -1,7 +1,9 @@
-"""Task metrics (scikit-learn, scipy), parameter counts, size on disk and measured latency."""
+"""Task metrics (scikit-learn, scipy), teacher against student, parameter counts, size on disk and
+measured latency."""
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -37,6 +39,33 @@ def regression_metrics(y_true: Sequence[float], y_pred: Sequence[float]) -> dict
 PRIMARY_METRIC = {"classification": "accuracy", "regression": "pearson"}
 
 
+def compare(
+    task: str,
+    teacher: PreTrainedModel,
+    student: PreTrainedModel,
+    validation: Batches,
+    *,
+    device: torch.device,
+    input_map: torch.Tensor | None = None,
+) -> dict[str, Any]:
+    """Both models' task metrics on the validation set, and the share the student retains."""
+    t_logits, gold = predict(teacher, validation, device=device)
+    s_logits, _ = predict(student, validation, device=device, input_map=input_map)
+    t_metrics, s_metrics = task_metrics(task, t_logits, gold), task_metrics(task, s_logits, gold)
+    t_primary = t_metrics[PRIMARY_METRIC[task]]
+    retention = (
+        float(s_metrics[PRIMARY_METRIC[task]] / t_primary)
+        if t_primary and math.isfinite(t_primary)
+        else None
+    )
+    return {
+        "teacher": t_metrics,
+        "student": s_metrics,
+        "retention": retention,
+        "validation_examples": len(validation.data),
+    }
+
+
 @torch.no_grad()
 def predict(
     model: PreTrainedModel,
@@ -46,7 +75,7 @@ def predict(
     input_map: torch.Tensor | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """(logits (n, C), gold labels (n,)) over a dataset, in order."""
-    model.eval()
+    model.train(False)
     logits, gold = [], []
     for batch in batches.in_order():
         ids = batch["input_ids"]
@@ -77,6 +106,10 @@ def size_on_disk(path: Path) -> int:
     )
 
 
+def count_parameters(model: torch.nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
 def state_bytes(model: torch.nn.Module) -> int:
     return sum(t.numel() * t.element_size() for t in model.state_dict().values())
 
@@ -97,7 +130,7 @@ def torch_latency(
     model: PreTrainedModel, inputs: Batch, *, runs: int, input_map: torch.Tensor | None = None
 ) -> dict[str, float]:
     """CPU latency of one forward pass over `inputs` (already batched and padded)."""
-    model.eval()
+    model.train(False)
     feed = {k: v for k, v in inputs.items() if k != "labels"}
     if input_map is not None:
         feed["input_ids"] = input_map[feed["input_ids"]]

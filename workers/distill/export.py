@@ -99,43 +99,69 @@ def export_onnx(
     `sample` traces the graph; `check` (another batch size and length) proves the dynamic axes
     hold and the outputs match eager PyTorch within ONNX_TOLERANCE.
     """
-    import onnxruntime as ort
-
     directory.mkdir(parents=True, exist_ok=True)
-    model = model.cpu().eval()
+    wrapper = _Outputs(model.cpu()).train(False)
+    path = directory / "model.onnx"
+    _trace(wrapper, path, sample=sample, opset=opset)
+    wrapper.train(False)  # the exporter restores the wrapper's (train) mode onto the model
+    with torch.no_grad():
+        expected = wrapper(*(check[name] for name in ONNX_INPUTS)).numpy()
+    sess = _session(path)
+    got = sess.run(None, _feed(check))[0]
+    max_diff = float(np.max(np.abs(got - expected)))
+    if not np.isfinite(max_diff) or max_diff > ONNX_TOLERANCE:
+        raise DistillError(
+            "onnx_mismatch",
+            f"ONNX output differs from PyTorch by {max_diff:.2e} (> {ONNX_TOLERANCE})",
+        )
+    report: dict[str, Any] = {
+        "fp32": {
+            "file": path.name,
+            "size_bytes": size_on_disk(path),
+            "max_abs_diff_vs_torch": max_diff,
+            "latency_ms": _ort_latency(sess, latency_inputs, runs=runs),
+        }
+    }
+    if not int8:
+        return [path], report
+    q_path = directory / "model.int8.onnx"
+    report["int8"] = _quantise(path, q_path, check, expected, latency_inputs, runs=runs)
+    return [path, q_path], report
+
+
+class _Outputs(torch.nn.Module):
+    """The model with positional inputs and one output tensor, as the exporter wants it."""
+
+    def __init__(self, inner: PreTrainedModel) -> None:
+        super().__init__()
+        self.inner = inner
+        self.output_name = "logits" if hasattr(inner, "classifier") else "last_hidden_state"
+
+    def forward(
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor, token_type_ids: torch.Tensor
+    ) -> torch.Tensor:
+        out = self.inner(
+            input_ids=input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids
+        )
+        result: torch.Tensor = getattr(out, self.output_name)
+        return result
+
+
+def _trace(wrapper: _Outputs, path: Path, *, sample: Batch, opset: int) -> None:
+    model, output = wrapper.inner, wrapper.output_name
+    dynamic = {name: {0: "batch", 1: "sequence"} for name in ONNX_INPUTS}
+    dynamic[output] = {0: "batch"} if output == "logits" else {0: "batch", 1: "sequence"}
     previous_attn = model.config._attn_implementation
     # Eager attention traces to plain MatMul/Softmax that every runtime and the quantiser know.
     model.set_attn_implementation("eager")
-    output_name = "logits" if hasattr(model, "classifier") else "last_hidden_state"
-    path = directory / "model.onnx"
-    args = tuple(sample[name] for name in ONNX_INPUTS)
-    dynamic = {name: {0: "batch", 1: "sequence"} for name in ONNX_INPUTS}
-    dynamic[output_name] = {0: "batch"} if output_name == "logits" else {0: "batch", 1: "sequence"}
-
-    class _Wrapper(torch.nn.Module):
-        def __init__(self, inner: PreTrainedModel) -> None:
-            super().__init__()
-            self.inner = inner
-
-        def forward(
-            self,
-            input_ids: torch.Tensor,
-            attention_mask: torch.Tensor,
-            token_type_ids: torch.Tensor,
-        ) -> torch.Tensor:
-            out = self.inner(
-                input_ids=input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids
-            )
-            return out.logits if output_name == "logits" else out.last_hidden_state
-
     try:
         with torch.no_grad():
             torch.onnx.export(
-                _Wrapper(model).eval(),
-                args,
+                wrapper,
+                tuple(sample[name] for name in ONNX_INPUTS),
                 str(path),
                 input_names=list(ONNX_INPUTS),
-                output_names=[output_name],
+                output_names=[output],
                 dynamic_axes=dynamic,
                 opset_version=opset,
                 dynamo=False,  # the TorchScript exporter needs no onnxscript and handles HF masks
@@ -143,59 +169,47 @@ def export_onnx(
     finally:
         model.set_attn_implementation(previous_attn)
 
-    def session(p: Path) -> ort.InferenceSession:
-        opts = ort.SessionOptions()
-        opts.intra_op_num_threads = max(1, (os.cpu_count() or 1))
-        return ort.InferenceSession(str(p), opts, providers=["CPUExecutionProvider"])
 
-    def feed(batch: Batch) -> dict[str, np.ndarray]:
-        return {name: batch[name].cpu().numpy() for name in ONNX_INPUTS}
+def _quantise(
+    path: Path,
+    q_path: Path,
+    check: Batch,
+    expected: np.ndarray,
+    latency_inputs: dict[str, Batch],
+    *,
+    runs: int,
+) -> dict[str, Any]:
+    """Dynamic int8 weights; how far its outputs drift from eager PyTorch, and its latency."""
+    from onnxruntime.quantization import QuantType, quantize_dynamic
 
-    model.eval()  # the exporter restores the wrapper's (train) mode onto the model
-    with torch.no_grad():
-        expected = _Wrapper(model).eval()(*(check[name] for name in ONNX_INPUTS)).numpy()
-    sess = session(path)
-    got = sess.run(None, feed(check))[0]
-    max_diff = float(np.max(np.abs(got - expected)))
-    if not np.isfinite(max_diff) or max_diff > ONNX_TOLERANCE:
-        raise DistillError(
-            "onnx_mismatch",
-            f"ONNX output differs from PyTorch by {max_diff:.2e} (> {ONNX_TOLERANCE})",
-        )
-    files = [path]
-    report: dict[str, Any] = {
-        "fp32": {
-            "file": path.name,
-            "size_bytes": size_on_disk(path),
-            "max_abs_diff_vs_torch": max_diff,
-            "latency_ms": _ort_latency(sess, latency_inputs, feed, runs=runs),
-        }
+    quantize_dynamic(str(path), str(q_path), weight_type=QuantType.QInt8)
+    sess = _session(q_path)
+    got = sess.run(None, _feed(check))[0]
+    entry: dict[str, Any] = {
+        "file": q_path.name,
+        "size_bytes": size_on_disk(q_path),
+        "max_abs_diff_vs_torch": float(np.max(np.abs(got - expected))),
+        "latency_ms": _ort_latency(sess, latency_inputs, runs=runs),
     }
-    if int8:
-        from onnxruntime.quantization import QuantType, quantize_dynamic
-
-        q_path = directory / "model.int8.onnx"
-        quantize_dynamic(str(path), str(q_path), weight_type=QuantType.QInt8)
-        q_sess = session(q_path)
-        q_got = q_sess.run(None, feed(check))[0]
-        entry: dict[str, Any] = {
-            "file": q_path.name,
-            "size_bytes": size_on_disk(q_path),
-            "max_abs_diff_vs_torch": float(np.max(np.abs(q_got - expected))),
-            "latency_ms": _ort_latency(q_sess, latency_inputs, feed, runs=runs),
-        }
-        if output_name == "logits" and expected.shape[-1] > 1:
-            entry["argmax_agreement_vs_torch"] = float(
-                np.mean(q_got.argmax(-1) == expected.argmax(-1))
-            )
-        report["int8"] = entry
-        files.append(q_path)
-    return files, report
+    if expected.ndim == 2 and expected.shape[-1] > 1:  # class logits
+        entry["argmax_agreement_vs_torch"] = float(np.mean(got.argmax(-1) == expected.argmax(-1)))
+    return entry
 
 
-def _ort_latency(sess: Any, inputs: dict[str, Batch], feed: Any, *, runs: int) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for name, batch in inputs.items():
-        fed = feed(batch)
-        out[name] = measure_latency_ms(partial(sess.run, None, fed), runs=runs)
-    return out
+def _session(path: Path) -> Any:
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = max(1, (os.cpu_count() or 1))
+    return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+
+
+def _feed(batch: Batch) -> dict[str, np.ndarray]:
+    return {name: batch[name].cpu().numpy() for name in ONNX_INPUTS}
+
+
+def _ort_latency(sess: Any, inputs: dict[str, Batch], *, runs: int) -> dict[str, Any]:
+    return {
+        name: measure_latency_ms(partial(sess.run, None, _feed(batch)), runs=runs)
+        for name, batch in inputs.items()
+    }

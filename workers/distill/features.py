@@ -1,7 +1,7 @@
-"""One forward pass -> what the losses need: logits, hidden states, captured q/k/v.
+"""One forward pass -> what the losses read: logits, hidden states, captured q/k/v.
 
 `TeacherTargets` is the seam for later speed work (caching teacher outputs, a faster runtime):
-the trainer asks it for a batch's targets and does not care how they were made.
+a step asks it for a batch's targets and does not care how they were made.
 """
 
 from __future__ import annotations
@@ -14,15 +14,15 @@ import torch
 from torch import Tensor
 from transformers import PreTrainedModel
 
+from .capture import Projection, QKVCapture
 from .data import Batch
-from .models import QKVCapture
 
 
 @dataclass
 class Features:
     logits: Tensor | None  # (b, C); None for a model without a head
     hidden: tuple[Tensor, ...]  # (num_layers + 1) x (b, L, d); [0] is the embedding output
-    qkv: dict[tuple[int, str], Tensor]  # (0-based layer, "query"|"key"|"value") -> (b, L, H*d)
+    qkv: dict[tuple[int, Projection], Tensor]  # (0-based layer, projection) -> (b, L, H*d)
 
 
 def autocast_for(device: torch.device, *, bf16: bool) -> AbstractContextManager[object]:
@@ -32,6 +32,12 @@ def autocast_for(device: torch.device, *, bf16: bool) -> AbstractContextManager[
     return nullcontext()
 
 
+def on_device(model: PreTrainedModel, device: torch.device) -> PreTrainedModel:
+    """model.to(device), typed: HF's to() is @wraps(Module.to), a signature mypy misreads."""
+    moved: PreTrainedModel = model.to(device)  # type: ignore[arg-type]
+    return moved
+
+
 class FeatureModel:
     """A model plus hooks on the layers whose attention the losses read."""
 
@@ -39,8 +45,8 @@ class FeatureModel:
         self,
         model: PreTrainedModel,
         *,
-        capture_layers: Sequence[int],
-        values: bool,
+        capture_layers: Sequence[int] = (),
+        values: bool = False,
         device: torch.device,
         bf16: bool,
         input_map: Tensor | None = None,
@@ -48,7 +54,7 @@ class FeatureModel:
         self.model = model
         self.device = device
         self.bf16 = bf16
-        # old token id -> this model's id, for a student with a trimmed vocabulary
+        # (teacher vocabulary,) teacher id -> this model's id, for a trimmed vocabulary
         self.input_map = input_map.to(device) if input_map is not None else None
         self.capture = QKVCapture(model, capture_layers, values=values) if capture_layers else None
 
@@ -67,11 +73,10 @@ class FeatureModel:
             self.capture.clear()
         with autocast_for(self.device, bf16=self.bf16):
             out = self.model(**self.inputs(batch), output_hidden_states=hidden)
-        qkv = dict(self.capture.outputs) if self.capture is not None else {}
         return Features(
             logits=getattr(out, "logits", None),
             hidden=tuple(out.hidden_states) if hidden else (),
-            qkv=qkv,
+            qkv=dict(self.capture.outputs) if self.capture is not None else {},
         )
 
     def close(self) -> None:

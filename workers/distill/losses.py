@@ -1,7 +1,9 @@
-"""TinyBERT (eqs. 7-11) and MiniLMv2 losses: small pure functions over tensors.
+"""TinyBERT (eqs. 7-11) and MiniLMv2 losses: small pure functions over tensors, and LOSSES, the
+name -> function table a step's terms refer to (steps.py).
 
 Shapes: b batch, L sequence, d width, H heads, C classes. `mask` is the (b, L) attention mask
-(1 = real token, 0 = padding). `_s` is the student, `_t` the teacher.
+(1 = real token, 0 = padding). `_s` is the student, `_t` the teacher. Every loss takes the
+student's tensor first and its target second, then keyword options.
 """
 
 from __future__ import annotations
@@ -21,10 +23,11 @@ def attention_scores(query: Tensor, key: Tensor, num_heads: int) -> Tensor:
 
 
 def attention_mse(scores_s: Tensor, scores_t: Tensor, mask: Tensor) -> Tensor:
-    """Eq. 8: MSE of (b, H, L, L) pre-softmax scores over pairs of real tokens only."""
+    """Eq. 8: MSE of (b, H, L, L) pre-softmax scores over pairs of real tokens, mean over heads."""
     pairs = _pair_mask(mask)  # (b, 1, L, L)
     sq = (scores_s.float() - scores_t.float()) ** 2 * pairs
-    return sq.sum() / (pairs.sum() * scores_s.shape[1]).clamp_min(1.0)
+    heads = scores_s.shape[1]
+    return sq.sum() / (pairs.sum() * heads).clamp_min(1.0)
 
 
 def hidden_mse(hidden_s_projected: Tensor, hidden_t: Tensor, mask: Tensor) -> Tensor:
@@ -84,7 +87,7 @@ def _pair_mask(mask: Tensor) -> Tensor:
     return (m[:, None, :, None] & m[:, None, None, :]).to(torch.float32)
 
 
-# The name -> function table a layer match refers to (TextBrewer's shape).
+# name -> loss, as a step's terms name them (TextBrewer's shape): f(x_s, target, **options).
 LOSSES: dict[str, Callable[..., Tensor]] = {
     "attention_mse": attention_mse,
     "hidden_mse": hidden_mse,

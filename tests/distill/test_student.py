@@ -2,103 +2,13 @@ from pathlib import Path
 
 import pytest
 import torch
-from transformers import AutoModel, AutoModelForSequenceClassification, BertConfig, BertModel
+from transformers import AutoModel
 
 from contract.config import DistillConfig
 from tests.factories import save_tiny_bert
-from workers.distill import losses as L
 from workers.distill.errors import DistillError
-from workers.distill.models import (
-    Projections,
-    QKVCapture,
-    build_student,
-    layer_map,
-    load_teacher,
-    shrink_embeddings,
-    trim_tokenizer,
-)
-
-
-@pytest.mark.parametrize(
-    ("kind", "n", "m", "expected"),
-    [
-        ("uniform", 12, 4, [3, 6, 9, 12]),
-        ("uniform", 12, 6, [2, 4, 6, 8, 10, 12]),
-        ("uniform", 6, 4, [2, 3, 5, 6]),  # N/M not whole: rounded, last meets last
-        ("uniform", 2, 4, [1, 1, 2, 2]),  # a student deeper than its teacher
-        ("top", 12, 4, [9, 10, 11, 12]),
-        ("bottom", 12, 4, [1, 2, 3, 4]),
-        ([1, 5, 12], 12, 3, [1, 5, 12]),
-    ],
-)
-def test_layer_maps(kind: object, n: int, m: int, expected: list[int]) -> None:
-    assert layer_map(kind, teacher_layers=n, student_layers=m) == expected  # type: ignore[arg-type]
-
-
-@pytest.mark.parametrize(("kind", "n", "m"), [("top", 2, 4), ([1, 13], 12, 2), ([1], 12, 2)])
-def test_impossible_layer_maps_are_user_errors(kind: object, n: int, m: int) -> None:
-    with pytest.raises(DistillError) as info:
-        layer_map(kind, teacher_layers=n, student_layers=m)  # type: ignore[arg-type]
-    assert info.value.code == "config_invalid"
-
-
-def _padded_batch() -> dict[str, torch.Tensor]:
-    torch.manual_seed(1)
-    ids = torch.randint(5, 60, (2, 7))
-    mask = torch.ones(2, 7, dtype=torch.long)
-    mask[1, 4:] = 0
-    return {"input_ids": ids, "attention_mask": mask}
-
-
-def test_captured_scores_equal_eager_attentions_pre_softmax() -> None:
-    config = BertConfig(
-        vocab_size=60,
-        hidden_size=16,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        intermediate_size=32,
-        max_position_embeddings=32,
-    )
-    torch.manual_seed(0)
-    model = BertModel(config).eval()
-    model.set_attn_implementation("eager")
-    batch = _padded_batch()
-    capture = QKVCapture(model, [0, 1], values=False)
-    with torch.no_grad():
-        out = model(**batch, output_attentions=True)
-    mask = batch["attention_mask"]
-    for layer in (0, 1):
-        scores = L.attention_scores(capture.get(layer, "query"), capture.get(layer, "key"), 4)
-        masked = scores.masked_fill(mask[:, None, None, :] == 0, torch.finfo(scores.dtype).min)
-        torch.testing.assert_close(masked.softmax(-1), out.attentions[layer])
-    # the same hooks under SDPA (which returns no weights) see the same projections
-    model.set_attn_implementation("sdpa")
-    eager_q = capture.get(1, "query").clone()
-    with torch.no_grad():
-        model(**batch)
-    torch.testing.assert_close(capture.get(1, "query"), eager_q)
-    capture.close()
-
-
-def test_teacher_with_matching_head_keeps_its_label_order(tmp_path: Path, vocab: list[str]) -> None:
-    path = save_tiny_bert(tmp_path / "t", vocab, labels=("pos", "neg"))
-    teacher = load_teacher(str(path), task="classification", train_labels=["neg", "pos", "neg"])
-    assert teacher.has_head and teacher.labels == ["pos", "neg"]
-    other = load_teacher(str(path), task="classification", train_labels=["a", "b", "c"])
-    assert not other.has_head and other.labels == ["a", "b", "c"]
-    assert other.model.config.num_labels == 3
-
-
-def test_teacher_load_failures_carry_codes(tmp_path: Path, vocab: list[str]) -> None:
-    with pytest.raises(DistillError) as missing:
-        load_teacher(str(tmp_path / "nope"), task="classification", train_labels=["a"])
-    assert missing.value.code == "teacher_not_found"
-    from transformers import GPT2Config
-
-    GPT2Config(n_layer=1, n_embd=8, n_head=2).save_pretrained(tmp_path / "gpt")
-    with pytest.raises(DistillError) as unsupported:
-        load_teacher(str(tmp_path / "gpt"), task="classification", train_labels=["a"])
-    assert unsupported.value.code == "teacher_unsupported"
+from workers.distill.student import Projections, build_student
+from workers.distill.teacher import load_teacher
 
 
 def test_student_from_teacher_layers_copies_the_mapped_layers(teacher_dir: Path) -> None:
@@ -114,7 +24,7 @@ def test_student_from_teacher_layers_copies_the_mapped_layers(teacher_dir: Path)
             }
         }
     )
-    student = build_student(config, teacher=teacher, task="classification", labels=teacher.labels)
+    student = build_student(config, teacher=teacher)
     t_layers, s_layers = teacher.model.bert.encoder.layer, student.bert.encoder.layer
     for m, g in enumerate([2, 4]):  # uniform 4 -> 2
         for (name, p_s), p_t in zip(
@@ -128,7 +38,7 @@ def test_student_from_teacher_layers_copies_the_mapped_layers(teacher_dir: Path)
 def test_presets_build_their_shapes(teacher_dir: Path) -> None:
     teacher = load_teacher(str(teacher_dir), task="classification", train_labels=["neg", "pos"])
     config = DistillConfig.model_validate({"student": {"preset": "bert-2l-128d"}})
-    student = build_student(config, teacher=teacher, task="classification", labels=teacher.labels)
+    student = build_student(config, teacher=teacher)
     c = student.config
     assert (c.num_hidden_layers, c.hidden_size, c.num_attention_heads, c.intermediate_size) == (
         2,
@@ -143,9 +53,16 @@ def test_student_from_another_model(tmp_path: Path, vocab: list[str], teacher_di
         tmp_path / "init", vocab, head=None, layers=1, hidden=8, heads=2, intermediate=16
     )
     teacher = load_teacher(str(teacher_dir), task="classification", train_labels=["neg", "pos"])
-    config = DistillConfig.model_validate({"student": {"init": "model", "init_model": str(init)}})
-    student = build_student(config, teacher=teacher, task="classification", labels=teacher.labels)
     base = AutoModel.from_pretrained(init)
+    # the config names the model as the user wrote it; the caller says where it found it
+    named = DistillConfig.model_validate({"student": {"init": "model", "init_model": "mdl_x"}})
+    student = build_student(named, teacher=teacher, init_model=str(init))
+    assert torch.equal(
+        student.bert.embeddings.word_embeddings.weight, base.embeddings.word_embeddings.weight
+    )
+    # the CLI's case: the config's init_model is itself a folder
+    local = DistillConfig.model_validate({"student": {"init": "model", "init_model": str(init)}})
+    student = build_student(local, teacher=teacher)
     assert torch.equal(
         student.bert.embeddings.word_embeddings.weight, base.embeddings.word_embeddings.weight
     )
@@ -167,8 +84,6 @@ def test_student_from_a_checkpoint_takes_its_weights(tmp_path: Path, teacher_dir
     source = build_student(
         DistillConfig.model_validate({"student": shape}),
         teacher=teacher,
-        task="classification",
-        labels=teacher.labels,
     )
     path = ckpt_io.save(
         tmp_path,
@@ -181,19 +96,22 @@ def test_student_from_a_checkpoint_takes_its_weights(tmp_path: Path, teacher_dir
             student={k: v.clone() for k, v in source.state_dict().items()},
         ),
     )
-    config = DistillConfig.model_validate(
+    config = DistillConfig.model_validate({"student": shape})
+    torch.manual_seed(2)  # a different random start, overwritten by the checkpoint
+    student = build_student(config, teacher=teacher, init_checkpoint=path)
+    for name, tensor in source.state_dict().items():
+        assert torch.equal(student.state_dict()[name], tensor), name
+    # a config from before init_checkpoint existed says the same in init/init_model
+    legacy = DistillConfig.model_validate(
         {"student": {**shape, "init": "checkpoint", "init_model": str(path)}}
     )
-    torch.manual_seed(2)  # a different random start, overwritten by the checkpoint
-    student = build_student(config, teacher=teacher, task="classification", labels=teacher.labels)
+    student = build_student(legacy, teacher=teacher)
     for name, tensor in source.state_dict().items():
         assert torch.equal(student.state_dict()[name], tensor), name
 
-    other = DistillConfig.model_validate(
-        {"student": {**shape, "hidden_size": 8, "init": "checkpoint", "init_model": str(path)}}
-    )
+    other = DistillConfig.model_validate({"student": {**shape, "hidden_size": 8}})
     with pytest.raises(DistillError) as info:
-        build_student(other, teacher=teacher, task="classification", labels=teacher.labels)
+        build_student(other, teacher=teacher, init_checkpoint=path)
     assert info.value.code == "checkpoint_mismatch"
 
 
@@ -201,21 +119,6 @@ def test_projections_start_at_identity_for_equal_widths() -> None:
     x = torch.randn(2, 3, 8)
     torch.testing.assert_close(Projections(8, 8).hidden(x), x)
     assert Projections(4, 8).hidden(torch.randn(2, 3, 4)).shape == (2, 3, 8)
-
-
-def test_trimmed_vocabulary_tokenises_seen_text_the_same(teacher_dir: Path) -> None:
-    model = AutoModelForSequenceClassification.from_pretrained(teacher_dir)
-    teacher = load_teacher(str(teacher_dir), task="classification", train_labels=["neg", "pos"])
-    tok = teacher.tokenizer
-    text = "a clever, brutal movie."
-    ids = tok(text)["input_ids"]
-    trimmed, kept = trim_tokenizer(tok, set(ids))
-    assert len(trimmed) == len(kept) < len(tok)
-    assert trimmed.convert_ids_to_tokens(trimmed(text)["input_ids"]) == tok.convert_ids_to_tokens(
-        ids
-    )
-    shrink_embeddings(model, kept)
-    assert model.get_input_embeddings().weight.shape[0] == len(kept)
 
 
 def test_narrower_student_is_sliced_from_the_teacher(teacher_dir: Path) -> None:
@@ -233,7 +136,7 @@ def test_narrower_student_is_sliced_from_the_teacher(teacher_dir: Path) -> None:
             }
         }
     )
-    student = build_student(config, teacher=teacher, task="classification", labels=teacher.labels)
+    student = build_student(config, teacher=teacher)
     hidden = torch.arange(24)
     heads = torch.tensor([h * 8 + i for h in range(4) for i in range(6)])  # head dim 8 -> 6
     inner = torch.arange(40)
@@ -270,8 +173,6 @@ def test_same_width_selection_is_an_exact_copy(teacher_dir: Path) -> None:
         build_student(
             DistillConfig.model_validate({"student": {**shape, "init": init}}),
             teacher=teacher,
-            task="classification",
-            labels=teacher.labels,
         )
         for init in ("teacher_layers", "teacher_select")
     )
@@ -304,7 +205,7 @@ def test_teacher_init_refuses_shapes_it_cannot_fill(
         }
     )
     with pytest.raises(DistillError) as caught:
-        build_student(config, teacher=teacher, task="classification", labels=teacher.labels)
+        build_student(config, teacher=teacher)
     assert caught.value.code == "student_init_invalid"
 
 
@@ -325,9 +226,7 @@ def test_auto_slices_a_narrower_student_and_leaves_a_wider_one_random(teacher_di
             }
         )
         torch.manual_seed(0)
-        return build_student(
-            config, teacher=teacher, task="classification", labels=teacher.labels
-        ).state_dict()
+        return build_student(config, teacher=teacher).state_dict()
 
     auto, selected = build("auto", 24, 40), build("teacher_select", 24, 40)
     assert all(torch.equal(auto[k], selected[k]) for k in auto)

@@ -1,0 +1,186 @@
+"""After training: evaluate teacher and student, measure latency and size, export the student
+(HF folder, ONNX), write metrics.json once and say where everything is."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from contract.config import DistillConfig
+
+from .callbacks import Reporter, jsonable
+from .checkpoint import teacher_dir
+from .data import Batch, Batches, Encoded, collate
+from .evaluate import compare, count_parameters, size_on_disk, state_bytes, torch_latency
+from .export import export_hf, export_onnx, model_card
+from .features import on_device
+from .prepare import Prepared
+from .student import Student
+
+LATENCY_BATCH_SIZES = (1, 32)
+METRICS_FILE = "metrics.json"
+
+
+@dataclass(frozen=True)
+class RunResult:
+    metrics: dict[str, Any]
+    export_dir: Path  # the HF folder: safetensors, tokenizer, README.md
+    onnx_files: list[Path]  # model.onnx (+ model.int8.onnx); [] without ONNX export
+    metrics_file: Path  # metrics.json, written once, beside the export folder
+    config: DistillConfig  # resolved: what actually ran
+
+
+def finish(
+    ready: Prepared,
+    student: Student,
+    *,
+    teacher_source: str,
+    workdir: Path,
+    device: torch.device,
+    report: Reporter,
+) -> RunResult:
+    config = ready.config
+    student.model.train(False)
+    # on the device even when every stage ran in an earlier process (it never moved there)
+    ready.teacher.model = on_device(ready.teacher.model, device)
+    ready.teacher.model.train(False)
+    report.marker("evaluate")
+    report.event("stage_started", "evaluate started", {"stage": "evaluate"})
+    metrics: dict[str, Any] = {
+        "parameters": {
+            "teacher": count_parameters(ready.teacher.model),
+            "student": count_parameters(student.model),
+        },
+    }
+    if config.task != "general" and ready.validation:
+        validation = Batches(
+            ready.validation,
+            batch_size=config.hyperparameters.batch_size,
+            seed=config.seed,
+            pad_id=ready.pad_id,
+        )
+        metrics |= compare(
+            config.task,
+            ready.teacher.model,
+            student.model,
+            validation,
+            device=device,
+            input_map=student.vocab.input_map,
+        )
+    report.event(
+        "evaluation",
+        "evaluation finished",
+        {k: metrics.get(k) for k in ("teacher", "student", "retention")},
+    )
+    report.marker("export")
+    report.event("stage_started", "export started", {"stage": "export"})
+    result = _export(ready, student, metrics, teacher_source=teacher_source, workdir=workdir)
+    report.event(
+        "stage_finished",
+        "export finished",
+        {
+            "stage": "export",
+            "export_dir": str(result.export_dir),
+            "onnx_files": [str(p) for p in result.onnx_files],
+        },
+    )
+    return result
+
+
+def _export(
+    ready: Prepared,
+    student: Student,
+    metrics: dict[str, Any],
+    *,
+    teacher_source: str,
+    workdir: Path,
+) -> RunResult:
+    """Latency and size of both models, the student's HF folder and ONNX files, metrics.json."""
+    config = ready.config
+    student_cpu, teacher_cpu = student.model.cpu(), ready.teacher.model.cpu()
+    inputs = _latency_inputs(ready.validation or ready.train, pad_id=ready.pad_id)
+    runs, input_map = config.export.latency_runs, student.vocab.input_map
+    metrics["latency_ms"] = {
+        "teacher": {n: torch_latency(teacher_cpu, b, runs=runs) for n, b in inputs.items()},
+        "student": {
+            n: torch_latency(student_cpu, b, runs=runs, input_map=input_map)
+            for n, b in inputs.items()
+        },
+    }
+    finetuned = teacher_dir(workdir)
+    on_disk = finetuned if finetuned.exists() else Path(teacher_source)
+    teacher_bytes = size_on_disk(on_disk) if on_disk.exists() else state_bytes(teacher_cpu)
+    export_dir = workdir / "export"
+    # First written without the card's final numbers, to measure the student's size on disk.
+    export_hf(student_cpu, student.vocab.tokenizer, export_dir, card="")
+    student_bytes = size_on_disk(export_dir / "model.safetensors")
+    metrics["size_bytes"] = {"teacher": teacher_bytes, "student": student_bytes}
+    onnx_files: list[Path] = []
+    if config.export.onnx:
+        sample, check = (_mapped(b, input_map) for b in _onnx_batches(ready))
+        onnx_files, metrics["onnx"] = export_onnx(
+            student_cpu,
+            export_dir / "onnx",
+            sample=sample,
+            check=check,
+            opset=config.export.opset,
+            int8=config.export.int8,
+            latency_inputs={n: _mapped(b, input_map) for n, b in inputs.items()},
+            runs=runs,
+        )
+    metrics = jsonable(metrics)
+    card = model_card(
+        title=f"Distilled student of {teacher_source}",
+        task=config.task,
+        teacher=teacher_source,
+        config_json=json.loads(config.model_dump_json()),
+        metrics=metrics,
+    )
+    (export_dir / "README.md").write_text(card, encoding="utf-8")
+    metrics_file = workdir / METRICS_FILE
+    metrics_file.write_text(json.dumps(metrics, indent=2, sort_keys=True))
+    return RunResult(metrics, export_dir, onnx_files, metrics_file, config)
+
+
+def _latency_inputs(pool: list[Encoded], *, pad_id: int) -> dict[str, Batch]:
+    """{"batch_1": ..., "batch_32": ...}: real examples, repeated to fill the batch."""
+    out: dict[str, Batch] = {}
+    for n in LATENCY_BATCH_SIZES:
+        batch = collate([pool[i % len(pool)] for i in range(n)], pad_id=pad_id)
+        batch.pop("labels", None)
+        out[f"batch_{n}"] = batch
+    return out
+
+
+def _onnx_batches(ready: Prepared) -> tuple[Batch, Batch]:
+    """(trace, check): both padded, of different batch sizes and lengths.
+
+    Tracing needs padding in the sample, or the mask branch is traced away.
+    """
+    pool = ready.validation or ready.train
+
+    def make(n: int, extra: int) -> Batch:
+        batch = collate([pool[i % len(pool)] for i in range(n)], pad_id=ready.pad_id)
+        return {
+            "input_ids": _pad_right(batch["input_ids"], extra, ready.pad_id),
+            "token_type_ids": _pad_right(batch["token_type_ids"], extra, 0),
+            "attention_mask": _pad_right(batch["attention_mask"], extra, 0),
+        }
+
+    return make(2, 1), make(3, 4)
+
+
+def _mapped(batch: Batch, input_map: Tensor | None) -> Batch:
+    """The batch in the student's token ids (a trimmed vocabulary renumbers them)."""
+    if input_map is None:
+        return batch
+    return {**batch, "input_ids": input_map[batch["input_ids"]]}
+
+
+def _pad_right(x: Tensor, extra: int, value: int) -> Tensor:
+    return torch.cat([x, torch.full((x.shape[0], extra), value, dtype=x.dtype)], dim=1)

@@ -6,7 +6,7 @@ import base64
 import secrets
 from collections.abc import Sequence
 from datetime import datetime
-from typing import Any, NoReturn
+from typing import Any, NoReturn, cast
 
 from pydantic import ValidationError
 from sqlalchemy.orm import Session
@@ -28,14 +28,13 @@ from app.jobs.schemas import (
     MetricsSeries,
     Progress,
     StepMetrics,
-    Task,
     WebhookDeliveryPublic,
 )
 from app.storage import Storage
 from app.teachers import catalog
 from app.teachers import repository as teachers_repository
 from contract.config import DistillConfig, StudentConfig
-from contract.vocab import JobStatus
+from contract.vocab import JobStatus, JobStatusName, Task
 
 TASK_FOR_LABELS: dict[str, Task] = {
     "categorical": "classification",
@@ -228,7 +227,7 @@ def _new_job(session: Session, *, settings: Settings, tenant_id: str, request: J
 
 
 def _resolved_config(
-    request: JobCreate, *, task: str, train: Dataset, teacher_width: int | None
+    request: JobCreate, *, task: Task, train: Dataset, teacher_width: int | None
 ) -> DistillConfig:
     try:
         return DistillConfig(
@@ -333,8 +332,8 @@ def to_public(job: Job) -> JobPublic:
     total = job.total_steps
     return JobPublic(
         id=job.id,
-        status=job.status,
-        stage=job.stage,  # type: ignore[arg-type]
+        status=cast(JobStatusName, job.status),  # only lifecycle writes it, from JobStatus
+        stage=job.stage,
         progress=Progress(
             step=job.step, total_steps=total, fraction=round(job.step / total, 4) if total else 0.0
         ),

@@ -1,7 +1,5 @@
 from __future__ import annotations
 
-import base64
-import json
 from pathlib import Path
 from typing import Any
 
@@ -11,9 +9,8 @@ from fastapi.testclient import TestClient
 from sqlalchemy import update
 from sqlalchemy.orm import Session
 
-from app.config import get_settings
 from app.jobs.models import Job
-from tests.factories import TINY_SENTIMENT, jsonl_bytes, zip_folder
+from tests.factories import TINY_SENTIMENT, jsonl_bytes, queued_job_ids, zip_folder
 
 
 @pytest.fixture()
@@ -29,17 +26,6 @@ def teacher_id(client: TestClient, tiny_teacher_dir: Path) -> str:
             "id"
         ]
     )
-
-
-def queued_job_ids(queue: redis.Redis) -> list[str]:
-    """The job ids in the real Redis queue, read from the Celery messages themselves."""
-    ids = []
-    for raw in queue.lrange(get_settings().queue_name, 0, -1):
-        message = json.loads(raw)
-        assert message["headers"]["task"] == "distillery.run_job"
-        args, _, _ = json.loads(base64.b64decode(message["body"]))
-        ids.extend(args)
-    return ids
 
 
 def create(client: TestClient, **body: Any) -> Any:

@@ -88,6 +88,7 @@ class Callbacks(Protocol):
 class RunResult:
     metrics: dict[str, Any]
     export_dir: Path
+    metrics_file: Path  # the metrics as JSON, written by the engine beside export_dir
     onnx_files: list[Path] = field(default_factory=list)
 
 
@@ -710,7 +711,12 @@ class _Run:
                 "onnx_files": [str(p) for p in onnx_files],
             },
         )
-        return RunResult(metrics=metrics, export_dir=export_dir, onnx_files=onnx_files)
+        return RunResult(
+            metrics=metrics,
+            export_dir=export_dir,
+            metrics_file=self.workdir / "metrics.json",
+            onnx_files=onnx_files,
+        )
 
     def _latency_inputs(self) -> dict[str, Batch]:
         pool = list(self.val_enc) or (list(self.stages[0].data.data) if self.stages else [])

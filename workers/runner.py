@@ -111,12 +111,12 @@ def _train(job: Job, callbacks: JobCallbacks, *, folder: Path) -> bool:
         )
 
 
-def _end(callbacks: JobCallbacks, transition: Callable[[Session], bool]) -> bool:
+def _end(callbacks: JobCallbacks, move: Callable[[Session], bool]) -> bool:
     """One transition in its own transaction, through a database restart; its messages
     (the webhook, a requeue) go out after the commit."""
 
     def transaction() -> bool:
         with callbacks.sessions.begin() as s:
-            return transition(s)
+            return move(s)
 
     return db_retry(callbacks.settings, transaction)

@@ -19,6 +19,7 @@ class CheckpointMirror:
     def __init__(self, storage: Storage, prefix: str, workdir: Path) -> None:
         self.storage = storage
         self.prefix = prefix
+        self.workdir = workdir
         self.folder = checkpoint_dir(workdir)
         self._sent: dict[Path, tuple[int, int]] = {}  # (size, mtime) as last sent or fetched
 

@@ -14,6 +14,7 @@ from app.storage import Storage, download
 from app.tables import Dataset, Job
 from app.teachers import catalog
 from app.teachers import repository as teachers_repository
+from contract.config import StudentConfig
 from contract.records import Example, read_jsonl
 from workers import scratch
 from workers.distill.errors import DistillError
@@ -68,10 +69,10 @@ def resolve(
 
 
 def _plan(s: Session, job: Job, settings: Settings) -> _Plan:
-    config = job.config["student"]
+    student = StudentConfig.model_validate(job.config["student"])
     init_model = None
-    if config.get("init") == "model" and config.get("init_model"):
-        init_model = _find_model(s, config["init_model"], job.tenant_id, settings)
+    if student.init == "model" and student.init_model:
+        init_model = _find_model(s, student.init_model, job.tenant_id, settings)
     teacher = (
         _Model(job.teacher)
         if job.teacher_source == "hub"

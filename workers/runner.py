@@ -19,7 +19,7 @@ from app.config import get_settings
 from app.db import session_factory
 from app.jobs import lifecycle
 from app.queue import enqueue_job
-from app.storage import get_storage
+from app.storage import Storage, get_storage
 from app.tables import Job
 from contract.config import DistillConfig
 from workers import artifacts, scratch
@@ -45,40 +45,48 @@ def run_job(
         enqueue_job(job_id)  # this message ran another tenant's job; its own waits for a new one
     if job is None:
         return "watch" if is_running_elsewhere(sessions, chosen) else "refused"
-    callbacks = JobCallbacks(
-        sessions=sessions,
-        job_id=job.id,
-        tenant_id=job.tenant_id,
-        owner=owner,
-        settings=settings,
-        shutdown_requested=shutdown_requested,
-    )
+    storage = get_storage()
     with (
         Heartbeat(sessions, job.id, owner, settings.heartbeat_interval_seconds),
         scratch.run_folder(settings, job.id) as folder,
     ):
-        ended = _train(job, callbacks, folder=folder)
+        checkpoints = CheckpointMirror(
+            storage, checkpoint_prefix(job.tenant_id, job.id), folder / "work"
+        )
+        callbacks = JobCallbacks(
+            sessions=sessions,
+            job_id=job.id,
+            tenant_id=job.tenant_id,
+            owner=owner,
+            settings=settings,
+            checkpoints=checkpoints,
+            shutdown_requested=shutdown_requested,
+        )
+        ended = _train(job, callbacks, checkpoints, storage=storage, folder=folder)
     if ended:
         scratch.forget_job(settings, job.id)
     return "ran"
 
 
-def _train(job: Job, callbacks: JobCallbacks, *, folder: Path) -> bool:
+def _train(
+    job: Job,
+    callbacks: JobCallbacks,
+    checkpoints: CheckpointMirror,
+    *,
+    storage: Storage,
+    folder: Path,
+) -> bool:
     """Run the engine and end the job; True once the job reached a final status here."""
-    storage, owner = get_storage(), callbacks.owner
-    workdir = folder / "work"
-    callbacks.checkpoints = CheckpointMirror(
-        storage, checkpoint_prefix(job.tenant_id, job.id), workdir
-    )
+    owner = callbacks.owner
     try:
         inputs = resolve(callbacks.sessions, job, storage=storage, settings=callbacks.settings)
-        callbacks.checkpoints.restore()
+        checkpoints.restore()
         result = run(
             DistillConfig.model_validate(job.config),
             teacher=inputs.teacher,
             train=inputs.train,
             validation=inputs.validation,
-            workdir=workdir,
+            workdir=checkpoints.workdir,
             callbacks=callbacks,
             init_model=inputs.init_model,
             init_checkpoint=inputs.init_checkpoint,

@@ -152,7 +152,7 @@ def create_job(
     public = to_public(job).model_copy(update={"webhook_secret": job.webhook_secret})
     _answer(session, tenant_id, idempotency_key, 201, public.model_dump(mode="json"))
     session.commit()
-    if queue.unsent(session):
+    if queue.Message(queue.RUN_JOB_TASK, job.id) in queue.unsent(session):
         _fail_unqueued(session, job, tenant_id=tenant_id, idempotency_key=idempotency_key)
     return public
 

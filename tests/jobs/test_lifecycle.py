@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import ast
 import re
+import uuid
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -103,7 +105,20 @@ def test_the_table_moves_only_to_known_statuses_and_never_out_of_an_end() -> Non
 
 
 @pytest.fixture()
-def job(client: TestClient, db_session: Session, tiny_teacher_dir: Path, queue: redis.Redis) -> Job:
+def own_queue(monkeypatch: pytest.MonkeyPatch, queue: redis.Redis) -> Iterator[str]:
+    """A job queue of this test's own: the e2e worker of this package may be listening on
+    the shared one, and would take the messages this test looks for."""
+    name = f"lifecycle-{uuid.uuid4().hex}"
+    monkeypatch.setenv("DISTILLERY_QUEUE_NAME", name)
+    get_settings.cache_clear()
+    yield name
+    queue.delete(name)
+    monkeypatch.undo()
+    get_settings.cache_clear()
+
+
+@pytest.fixture()
+def job(client: TestClient, db_session: Session, tiny_teacher_dir: Path, own_queue: str) -> Job:
     """A queued job of the client's tenant (through the API, so through lifecycle.queue)."""
     content = (TINY_SENTIMENT / "train.jsonl").read_bytes()
     ds = client.post("/v1/datasets", files={"file": ("t.jsonl", content)}).json()["id"]
@@ -163,11 +178,11 @@ def test_a_guarded_move_needs_its_owner(db_session: Session, job: Job) -> None:
 
 
 def test_a_move_s_message_leaves_after_commit_and_never_after_rollback(
-    db_session: Session, job: Job, queue: redis.Redis
+    db_session: Session, job: Job, queue: redis.Redis, own_queue: str
 ) -> None:
     s = db_session
     assert queued_job_ids(queue) == [job.id]  # the creation's own message
-    queue.delete(get_settings().queue_name)
+    queue.delete(own_queue)
     lifecycle.start(s, job, worker="w")
     assert lifecycle.hand_back(s, job, owner="w")
     s.rollback()  # the hand-back never happened: nobody is told

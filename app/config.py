@@ -17,6 +17,9 @@ class Settings(BaseSettings):
     broker_url: str = "sqla+sqlite:///./var/broker.db"
     storage_dir: Path = Path("./var/storage")
     model_dir: Path = Path("./var/models")
+    # Where a worker copies what the engine reads from disk; unset: the system's temp folder.
+    # Every worker of a deployment should use the same path: resuming checks the teacher's.
+    scratch_dir: Path | None = None
 
     queue_name: str = "distill"
     # Webhooks have their own queue and a light worker, so a long training job never delays them.

@@ -25,7 +25,9 @@ def get_session() -> Iterator[Session]:
         session.close()
 
 
-SessionDep = Annotated[Session, Depends(get_session)]
+# scope="function": the boundary commits before the response is sent, so what a route answered
+# is durable when the client reads it, and the outbox (app.queue) has sent its messages.
+SessionDep = Annotated[Session, Depends(get_session, scope="function")]
 
 
 def current_tenant(

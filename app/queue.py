@@ -1,16 +1,40 @@
-"""Hand job ids to the workers by task *name*; the API never imports worker code."""
+"""The after-commit outbox: messages to the workers, by task *name*, only once the transaction
+that asked for them has committed (the API never imports worker code).
+
+A transaction `defer`s a message; a session hook sends it after the outermost commit and drops
+it on rollback, so a worker never reads a row that is not there yet, and a rolled-back change
+never rings the doorbell. A message the broker refuses is logged and kept on the session for
+the caller that must answer for it (`unsent`); the job row stays the truth, and the reaper
+re-sends queued jobs whose message was lost.
+"""
 
 from __future__ import annotations
 
+import logging
+from dataclasses import dataclass
 from functools import lru_cache
 
 from celery import Celery
+from sqlalchemy import event
+from sqlalchemy.orm import Session, SessionTransaction
 
 from app.config import get_settings
 from app.ids import new_id
 
+log = logging.getLogger(__name__)
+
 RUN_JOB_TASK = "distillery.run_job"
 WEBHOOK_TASK = "distillery.deliver_webhook"
+_PENDING = "distillery.outbox.pending"
+_UNSENT = "distillery.outbox.unsent"
+# A short burst of retries: an API request waits on these when the broker is down.
+_RETRY_POLICY = {"max_retries": 3, "interval_start": 0.2, "interval_step": 0.5}
+
+
+@dataclass(frozen=True)
+class Message:
+    task: str  # RUN_JOB_TASK or WEBHOOK_TASK
+    job_id: str
 
 
 @lru_cache(maxsize=4)
@@ -19,7 +43,7 @@ def _client(broker_url: str) -> Celery:
 
 
 def enqueue_job(job_id: str) -> None:
-    """Call only after the job row is committed: the worker re-reads it by id."""
+    """Send now. Call with no transaction open (the outbox does): the worker re-reads the row."""
     settings = get_settings()
     _client(settings.broker_url).send_task(
         RUN_JOB_TASK,
@@ -28,7 +52,7 @@ def enqueue_job(job_id: str) -> None:
         expires=settings.enqueue_expiry_seconds,
         ignore_result=True,
         retry=True,
-        retry_policy={"max_retries": 3, "interval_start": 0.2, "interval_step": 0.5},
+        retry_policy=_RETRY_POLICY,
     )
 
 
@@ -39,10 +63,43 @@ def enqueue_webhook(job_id: str) -> None:
         WEBHOOK_TASK,
         args=[job_id, new_id("msg")],
         queue=settings.webhook_queue_name,
+        expires=settings.enqueue_expiry_seconds,
         ignore_result=True,
         retry=True,
-        retry_policy={"max_retries": 3, "interval_start": 0.2, "interval_step": 0.5},
+        retry_policy=_RETRY_POLICY,
     )
+
+
+_SENDERS = {RUN_JOB_TASK: enqueue_job, WEBHOOK_TASK: enqueue_webhook}
+
+
+def defer(session: Session, message: Message) -> None:
+    """Send `message` once this session's transaction commits; forget it if it rolls back."""
+    session.info.setdefault(_PENDING, []).append(message)
+
+
+def unsent(session: Session) -> list[Message]:
+    """The messages the broker refused after this session's last commits (and forget them)."""
+    refused: list[Message] = session.info.pop(_UNSENT, [])
+    return refused
+
+
+@event.listens_for(Session, "after_commit")
+def _send_after_commit(session: Session) -> None:
+    if session.in_nested_transaction():  # a savepoint released: the work is not durable yet
+        return
+    for message in session.info.pop(_PENDING, []):
+        try:
+            _SENDERS[message.task](message.job_id)
+        except Exception:
+            log.exception("could not send %s for %s", message.task, message.job_id)
+            session.info.setdefault(_UNSENT, []).append(message)
+
+
+@event.listens_for(Session, "after_transaction_end")
+def _drop_after_rollback(session: Session, transaction: SessionTransaction) -> None:
+    if transaction.parent is None:  # the outermost: after a commit the list is already sent
+        session.info.pop(_PENDING, None)
 
 
 def queued_message_count() -> int | None:

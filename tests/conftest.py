@@ -30,6 +30,7 @@ os.environ.update(
         "DISTILLERY_WEBHOOK_QUEUE_NAME": f"webhooks-test-{_RUN}",
         "DISTILLERY_STORAGE_DIR": str(_TMP / "storage"),
         "DISTILLERY_MODEL_DIR": str(_TMP / "models"),
+        "DISTILLERY_SCRATCH_DIR": str(_TMP / "scratch"),
         "HF_HUB_OFFLINE": "1",
         # Recovery in seconds rather than minutes, so the crash tests stay short.
         "DISTILLERY_HEARTBEAT_INTERVAL_SECONDS": "0.5",

@@ -212,3 +212,21 @@ def unique_dataset(directory: Path, rows: int = 8) -> Path:
         )
     )
     return path
+
+
+# --- readers (tests/api, tests/workers): what a test left in the real queue ---
+
+
+def queued_job_ids(queue) -> list[str]:  # queue: redis.Redis
+    """The job ids in the real Redis queue, read from the Celery messages themselves."""
+    import base64
+
+    from app.config import get_settings
+
+    ids = []
+    for raw in queue.lrange(get_settings().queue_name, 0, -1):
+        message = json.loads(raw)
+        assert message["headers"]["task"] == "distillery.run_job"
+        args, _, _ = json.loads(base64.b64decode(message["body"]))
+        ids.extend(args)
+    return ids

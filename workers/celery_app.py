@@ -5,7 +5,9 @@ from __future__ import annotations
 from celery import Celery
 
 from app.config import get_settings
+from app.queue import RUN_JOB_TASK, WEBHOOK_TASK
 
+REAP_TASK = "distillery.reap_stale_jobs"
 settings = get_settings()
 
 app = Celery("distillery", broker=settings.broker_url, include=["workers.tasks"])
@@ -18,9 +20,9 @@ app.conf.update(
     worker_prefetch_multiplier=1,
     task_default_queue=settings.queue_name,
     task_routes={
-        "distillery.run_job": {"queue": settings.queue_name},
-        "distillery.deliver_webhook": {"queue": settings.webhook_queue_name},
-        "distillery.reap_stale_jobs": {"queue": settings.webhook_queue_name},
+        RUN_JOB_TASK: {"queue": settings.queue_name},
+        WEBHOOK_TASK: {"queue": settings.webhook_queue_name},
+        REAP_TASK: {"queue": settings.webhook_queue_name},
     },
     task_time_limit=settings.task_time_limit_seconds,
     broker_connection_retry_on_startup=True,
@@ -32,7 +34,7 @@ if settings.broker_url.startswith(("redis://", "rediss://")):
     }
 app.conf.beat_schedule = {
     "reap-stale-jobs": {
-        "task": "distillery.reap_stale_jobs",
+        "task": REAP_TASK,
         "schedule": settings.reaper_interval_seconds,
         "options": {
             "queue": settings.webhook_queue_name,

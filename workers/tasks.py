@@ -7,18 +7,21 @@ from typing import Any
 
 from celery import Task, signals
 
-from workers.celery_app import app
+from app.queue import RUN_JOB_TASK, WEBHOOK_TASK
+from workers.celery_app import REAP_TASK, app
+
+# Celery's decorators are untyped: each task below carries one narrow ignore for that.
 
 # Set on SIGTERM (Celery's warm shutdown): the running job checkpoints and is handed back.
 _shutting_down = threading.Event()
 
 
-@signals.worker_shutting_down.connect
+@signals.worker_shutting_down.connect  # type: ignore[untyped-decorator]
 def _on_shutdown(**_: Any) -> None:
     _shutting_down.set()
 
 
-@app.task(name="distillery.run_job", bind=True, max_retries=None)
+@app.task(name=RUN_JOB_TASK, bind=True, max_retries=None)  # type: ignore[untyped-decorator]
 def run_job(self: Task, job_id: str) -> None:
     from app.config import get_settings
     from workers.runner import run_job as run  # torch loads in the worker process only
@@ -34,7 +37,7 @@ def run_job(self: Task, job_id: str) -> None:
         raise self.retry(countdown=get_settings().heartbeat_stale_seconds)
 
 
-@app.task(name="distillery.deliver_webhook", bind=True, acks_late=True)
+@app.task(name=WEBHOOK_TASK, bind=True, acks_late=True)  # type: ignore[untyped-decorator]
 def deliver_webhook(self: Task, job_id: str, message_id: str, attempt: int = 1) -> None:
     from workers.webhooks import MAX_ATTEMPTS, backoff_seconds, deliver
 
@@ -45,8 +48,8 @@ def deliver_webhook(self: Task, job_id: str, message_id: str, attempt: int = 1) 
         )
 
 
-@app.task(name="distillery.reap_stale_jobs")
+@app.task(name=REAP_TASK)  # type: ignore[untyped-decorator]
 def reap_stale_jobs() -> list[str]:
-    from workers.recovery import reap_stale_jobs as reap
+    from workers.reaper import reap_stale_jobs as reap
 
     return reap()

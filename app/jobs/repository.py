@@ -57,7 +57,7 @@ def transition(
     **values: Any,
 ) -> bool:
     """Compare-and-set on status (and optionally the owning worker, or a stale heartbeat):
-    True only for the one caller whose guard matched."""
+    True only for the one caller whose guard matched. Only app/jobs/lifecycle.py calls it."""
     allowed = {from_status} if isinstance(from_status, str) else from_status
     query = update(Job).where(Job.id == job_id, Job.status.in_(allowed))
     if owner is not None:
@@ -143,10 +143,6 @@ def update_running(session: Session, job_id: str, *, owner: str, **values: Any) 
         .execution_options(synchronize_session=False)
     )
     return bool(result.rowcount)  # type: ignore[attr-defined]
-
-
-def cancel_requested(session: Session, job_id: str) -> bool:
-    return bool(session.scalar(select(Job.cancel_requested).where(Job.id == job_id)))
 
 
 def add_event(

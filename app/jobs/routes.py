@@ -1,11 +1,8 @@
 from __future__ import annotations
 
-import logging
-from collections.abc import AsyncIterator
 from datetime import datetime
 from typing import Annotated, Any, get_args
 
-import anyio
 from fastapi import APIRouter, Header, Query, status
 from fastapi.responses import JSONResponse
 from pydantic import BeforeValidator
@@ -13,10 +10,8 @@ from sse_starlette.sse import EventSourceResponse
 
 from app import idempotency
 from app.config import get_settings
-from app.db import session_factory
-from app.deps import SessionDep, TenantDep
-from app.errors import AppError, error_body
-from app.jobs import repository, service
+from app.deps import IdempotencyKeyHeader, SessionDep, TenantDep
+from app.jobs import events, service
 from app.jobs.schemas import (
     CheckpointPublic,
     EventPublic,
@@ -27,10 +22,9 @@ from app.jobs.schemas import (
 )
 from app.openapi import errors
 from app.pagination import AfterQuery, LimitQuery, Page
-from app.queue import enqueue_job, enqueue_webhook
-from contract.vocab import TERMINAL, JobStatusName
+from app.storage import get_storage
+from contract.vocab import JobStatusName
 
-log = logging.getLogger(__name__)
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
 
 
@@ -48,67 +42,49 @@ CreatedAfterQuery = Annotated[
     datetime | None, BeforeValidator(_iso_datetime), Query(description="ISO 8601 date-time")
 ]
 StatusQuery = Annotated[str | None, Query(pattern=f"^({'|'.join(get_args(JobStatusName))})$")]
-STREAM_POLL_S = 0.5  # cost: one indexed SELECT per open stream per poll
 
 
 @router.post(
     "",
     status_code=status.HTTP_201_CREATED,
     response_model=JobPublic,
-    responses=errors(404, 409, 422, 429, 503),
+    responses=errors(
+        "dataset_not_found",
+        "teacher_not_found",
+        "model_not_found",
+        "job_not_found",
+        "idempotency_key_reused",
+        "idempotency_key_in_progress",
+        "invalid_request",
+        (422, "teacher_not_found"),
+        (422, "model_not_found"),
+        "dataset_incompatible",
+        "checkpoint_not_found",
+        "checkpoint_incompatible",
+        "too_many_jobs",
+        "queue_unavailable",
+    ),
 )
 def create_job(
     body: JobCreate,
     session: SessionDep,
     tenant: TenantDep,
-    idempotency_key: idempotency.KeyHeader = None,
+    idempotency_key: IdempotencyKeyHeader = None,
 ) -> Any:
     """Create a distillation job and queue it. Retry safely with an `Idempotency-Key`."""
-    if idempotency_key and (
-        replay := idempotency.begin(
-            session,
-            tenant_id=tenant,
-            key=idempotency_key,
-            endpoint="POST /v1/jobs",
-            fingerprint=idempotency.request_hash(body.model_dump(mode="json")),
-        )
-    ):
-        return JSONResponse(replay.body, status_code=replay.status_code)
-    job = service.create_job(session, settings=get_settings(), tenant_id=tenant, request=body)
-    public = service.to_public(job).model_copy(update={"webhook_secret": job.webhook_secret})
-    if idempotency_key:
-        idempotency.finish(
-            session,
-            tenant_id=tenant,
-            key=idempotency_key,
-            status_code=201,
-            body=public.model_dump(mode="json"),
-        )
-    session.commit()  # enqueue only what is durably recorded
-    try:
-        enqueue_job(job.id)
-    except Exception as exc:
-        log.exception("enqueue failed for %s", job.id)
-        error = AppError(
-            "queue_unavailable",
-            "the job queue is unreachable; the job was not started, try again",
-            503,
-        )
-        service.fail_unqueued(session, job_id=job.id, message="the job queue is unreachable")
-        if idempotency_key:  # a retry must see this failure, not the 201 stored above
-            idempotency.finish(
-                session,
-                tenant_id=tenant,
-                key=idempotency_key,
-                status_code=503,
-                body=error_body(error.code, error.message),
-            )
-        session.commit()
-        raise error from exc
-    return public
+    created = service.create_job(
+        session,
+        settings=get_settings(),
+        tenant_id=tenant,
+        request=body,
+        idempotency_key=idempotency_key,
+    )
+    if isinstance(created, idempotency.Replay):
+        return JSONResponse(created.body, status_code=created.status_code)
+    return created
 
 
-@router.get("", response_model=Page[JobPublic], responses=errors(422))
+@router.get("", response_model=Page[JobPublic], responses=errors("invalid_request"))
 def list_jobs(
     session: SessionDep,
     tenant: TenantDep,
@@ -130,32 +106,34 @@ def list_jobs(
     return Page(data=data, has_more=has_more, next_cursor=data[-1].id if has_more else None)
 
 
-@router.get("/{job_id}", response_model=JobPublic, responses=errors(404))
+@router.get("/{job_id}", response_model=JobPublic, responses=errors("job_not_found"))
 def get_job(job_id: str, session: SessionDep, tenant: TenantDep) -> JobPublic:
     return service.to_public(service.get_job(session, tenant_id=tenant, job_id=job_id))
 
 
-@router.post("/{job_id}/cancel", response_model=JobPublic, responses=errors(404, 409))
+@router.post(
+    "/{job_id}/cancel",
+    response_model=JobPublic,
+    responses=errors("job_not_found", "job_not_cancellable"),
+)
 def cancel_job(
     job_id: str,
     session: SessionDep,
     tenant: TenantDep,
-    idempotency_key: idempotency.KeyHeader = None,
+    idempotency_key: IdempotencyKeyHeader = None,
 ) -> JobPublic:
     """Queued: cancelled at once. Running: stops within one step, keeping its last checkpoint.
     Idempotent; a job that already succeeded or failed answers 409."""
-    was_queued = service.get_job(session, tenant_id=tenant, job_id=job_id).status == "queued"
-    job = service.cancel_job(session, tenant_id=tenant, job_id=job_id)
-    session.commit()
-    if was_queued and job.status == "cancelled" and job.webhook_url:
-        enqueue_webhook(job.id)  # a running job's worker sends its own on the way out
-    return service.to_public(job)
+    return service.to_public(service.cancel_job(session, tenant_id=tenant, job_id=job_id))
 
 
 @router.get(
     "/{job_id}/events",
     response_model=Page[EventPublic],
-    responses={**errors(404, 422), 200: {"content": {"text/event-stream": {}}}},
+    responses={
+        **errors("job_not_found", "invalid_request"),
+        200: {"content": {"text/event-stream": {}}},
+    },
 )
 def list_events(
     job_id: str,
@@ -171,59 +149,30 @@ def list_events(
     `Last-Event-ID` to resume."""
     if stream:
         service.get_job(session, tenant_id=tenant, job_id=job_id)
-        start = after
-        if last_event_id is not None:
-            if not last_event_id.isdigit():
-                raise AppError(
-                    "invalid_request",
-                    "Last-Event-ID must be an event id",
-                    422,
-                    field="Last-Event-ID",
-                )
-            start = int(last_event_id)
-        return EventSourceResponse(_event_stream(job_id, start), ping=15)
-    rows, has_more = service.list_events(
-        session, tenant_id=tenant, job_id=job_id, after=after, limit=limit
-    )
-    data = [EventPublic.model_validate(r) for r in rows]
-    return Page(data=data, has_more=has_more, next_cursor=str(data[-1].id) if has_more else None)
+        start = events.resume_point(after, last_event_id)
+        return EventSourceResponse(events.stream(job_id, start), ping=15)
+    return events.page(session, tenant_id=tenant, job_id=job_id, after=after, limit=limit)
 
 
-def _fetch_events(job_id: str, after: int | None) -> tuple[list[EventPublic], str | None]:
-    with session_factory()() as s:
-        status_now = repository.job_status(s, job_id)  # read before the events: none is missed
-        rows = repository.events_page(s, job_id=job_id, after=after, limit=500)
-        return [EventPublic.model_validate(r) for r in rows], status_now
-
-
-async def _event_stream(job_id: str, after: int | None) -> AsyncIterator[dict[str, str]]:
-    last = after
-    while True:
-        events, status_now = await anyio.to_thread.run_sync(_fetch_events, job_id, last)
-        for event in events:
-            last = event.id
-            yield {"id": str(event.id), "event": event.type, "data": event.model_dump_json()}
-        if not events:
-            if status_now is None or status_now in TERMINAL:
-                return
-            await anyio.sleep(STREAM_POLL_S)
-
-
-@router.get("/{job_id}/metrics", response_model=MetricsSeries, responses=errors(404))
+@router.get("/{job_id}/metrics", response_model=MetricsSeries, responses=errors("job_not_found"))
 def get_metrics(job_id: str, session: SessionDep, tenant: TenantDep) -> MetricsSeries:
     """Per-step loss components and learning rate, evaluation scores, final metrics."""
     return service.metrics_series(session, tenant_id=tenant, job_id=job_id)
 
 
-@router.get("/{job_id}/checkpoints", response_model=list[CheckpointPublic], responses=errors(404))
+@router.get(
+    "/{job_id}/checkpoints",
+    response_model=list[CheckpointPublic],
+    responses=errors("job_not_found"),
+)
 def list_checkpoints(job_id: str, session: SessionDep, tenant: TenantDep) -> list[CheckpointPublic]:
-    return service.list_checkpoints(session, tenant_id=tenant, job_id=job_id)
+    return service.list_checkpoints(session, storage=get_storage(), tenant_id=tenant, job_id=job_id)
 
 
 @router.get(
     "/{job_id}/webhook-deliveries",
     response_model=list[WebhookDeliveryPublic],
-    responses=errors(404),
+    responses=errors("job_not_found"),
 )
 def list_webhook_deliveries(
     job_id: str, session: SessionDep, tenant: TenantDep

@@ -1,4 +1,4 @@
-"""Job creation, reads and cancellation; state changes are compare-and-set on status."""
+"""Job creation, reads and cancellation; every status change goes through lifecycle."""
 
 from __future__ import annotations
 
@@ -6,20 +6,20 @@ import base64
 import secrets
 from collections.abc import Sequence
 from datetime import datetime
-from pathlib import Path
+from typing import Any, NoReturn, cast
 
 from pydantic import ValidationError
 from sqlalchemy.orm import Session
 
+from app import idempotency, queue
 from app.auth.service import check_job_quota
-from app.base import utcnow
 from app.config import Settings
 from app.datasets.models import Dataset
 from app.datasets.service import get_dataset
-from app.errors import AppError, field_from_loc
+from app.errors import AppError, error_body, field_from_loc
 from app.ids import new_id
-from app.jobs import repository
-from app.jobs.models import Job, JobEvent
+from app.jobs import lifecycle, repository
+from app.jobs.models import Job
 from app.jobs.schemas import (
     CheckpointPublic,
     JobCreate,
@@ -28,13 +28,13 @@ from app.jobs.schemas import (
     MetricsSeries,
     Progress,
     StepMetrics,
-    Task,
     WebhookDeliveryPublic,
 )
+from app.storage import Storage
 from app.teachers import catalog
 from app.teachers import repository as teachers_repository
 from contract.config import DistillConfig, StudentConfig
-from contract.vocab import JobStatus
+from contract.vocab import JobStatus, JobStatusName, Task
 
 TASK_FOR_LABELS: dict[str, Task] = {
     "categorical": "classification",
@@ -125,7 +125,72 @@ def _check_datasets(task: str, train: Dataset, validation: Dataset | None) -> No
         )
 
 
-def create_job(session: Session, *, settings: Settings, tenant_id: str, request: JobCreate) -> Job:
+def create_job(
+    session: Session,
+    *,
+    settings: Settings,
+    tenant_id: str,
+    request: JobCreate,
+    idempotency_key: str | None = None,
+) -> JobPublic | idempotency.Replay:
+    """Validate, record and queue a job; with a key, a retry gets the first answer.
+
+    The one service that commits: its answer depends on whether the broker took the job, and
+    that is known only after the commit (the message waits for it in app.queue's outbox)."""
+    if idempotency_key and (
+        replay := idempotency.begin(
+            session,
+            tenant_id=tenant_id,
+            key=idempotency_key,
+            endpoint="POST /v1/jobs",
+            fingerprint=idempotency.request_hash(request.model_dump(mode="json")),
+        )
+    ):
+        return replay
+    job = _new_job(session, settings=settings, tenant_id=tenant_id, request=request)
+    lifecycle.queue(session, job, data={"task": job.config["task"], "teacher": job.teacher})
+    public = to_public(job).model_copy(update={"webhook_secret": job.webhook_secret})
+    _answer(session, tenant_id, idempotency_key, 201, public.model_dump(mode="json"))
+    session.commit()
+    if queue.Message(queue.RUN_JOB_TASK, job.id) in queue.unsent(session):
+        _fail_unqueued(session, job, tenant_id=tenant_id, idempotency_key=idempotency_key)
+    return public
+
+
+def _fail_unqueued(
+    session: Session, job: Job, *, tenant_id: str, idempotency_key: str | None
+) -> NoReturn:
+    """The broker refused the new job: fail it, and make a retry with the same key see the
+    503 rather than the 201 recorded with the job."""
+    error = AppError(
+        "queue_unavailable",
+        "the job queue is unreachable; the job was not started, try again",
+        503,
+    )
+    lifecycle.fail(
+        session,
+        job,
+        code=error.code,
+        message="the job queue is unreachable",
+        expect=JobStatus.queued,
+        notify=False,  # the caller hears it as this 503
+    )
+    _answer(session, tenant_id, idempotency_key, 503, error_body(error.code, error.message))
+    session.commit()
+    raise error
+
+
+def _answer(
+    session: Session, tenant_id: str, key: str | None, status_code: int, body: dict[str, Any]
+) -> None:
+    if key:
+        idempotency.finish(
+            session, tenant_id=tenant_id, key=key, status_code=status_code, body=body
+        )
+
+
+def _new_job(session: Session, *, settings: Settings, tenant_id: str, request: JobCreate) -> Job:
+    """The job row the request asks for, every reference checked; not yet added."""
     check_job_quota(session, settings=settings, tenant_id=tenant_id)
     train = get_dataset(session, tenant_id=tenant_id, dataset_id=request.dataset, field="dataset")
     validation = None
@@ -142,8 +207,30 @@ def create_job(session: Session, *, settings: Settings, tenant_id: str, request:
     _check_student_init(session, settings=settings, tenant_id=tenant_id, request=request)
     task = request.task or TASK_FOR_LABELS[train.label_type]
     _check_datasets(task, train, validation)
+    config = _resolved_config(request, task=task, train=train, teacher_width=teacher_width)
+    return Job(
+        id=new_id("job"),
+        tenant_id=tenant_id,
+        teacher=request.teacher,
+        init_from=_init_from(session, tenant_id=tenant_id, request=request),
+        webhook_url=str(request.webhook_url) if request.webhook_url else None,
+        webhook_secret=new_webhook_secret() if request.webhook_url else None,
+        teacher_source=teacher_source,
+        dataset_id=train.id,
+        validation_dataset_id=validation.id if validation else None,
+        config=config.model_dump(mode="json"),
+        step=0,
+        total_steps=0,
+        attempts=0,
+        cancel_requested=False,
+    )
+
+
+def _resolved_config(
+    request: JobCreate, *, task: Task, train: Dataset, teacher_width: int | None
+) -> DistillConfig:
     try:
-        config = DistillConfig(
+        return DistillConfig(
             task=task,
             student=request.student,
             hyperparameters=request.hyperparameters,
@@ -159,72 +246,42 @@ def create_job(session: Session, *, settings: Settings, tenant_id: str, request:
             422,
             field=field_from_loc(first.get("loc", ())) or None,
         ) from exc
-    init_from = None
-    if request.init_from is not None:
-        source = get_job(
-            session, tenant_id=tenant_id, job_id=request.init_from.job, field="init_from.job"
+
+
+def _init_from(session: Session, *, tenant_id: str, request: JobCreate) -> dict[str, Any] | None:
+    """{"job", "step"}: the checkpoint another job saved, which this job's student starts from."""
+    if request.init_from is None:
+        return None
+    source = get_job(
+        session, tenant_id=tenant_id, job_id=request.init_from.job, field="init_from.job"
+    )
+    saved = repository.checkpoints(session, job_id=source.id)
+    if not saved:
+        raise AppError(
+            "checkpoint_not_found",
+            f"job '{source.id}' has saved no checkpoint",
+            422,
+            field="init_from.job",
         )
-        saved = [c for c in repository.checkpoints(session, job_id=source.id)]
-        if not saved:
-            raise AppError(
-                "checkpoint_not_found",
-                f"job '{source.id}' has saved no checkpoint",
-                422,
-                field="init_from.job",
-            )
-        if saved[-1].stage in (None, "preparing", "teacher_finetune"):
-            raise AppError(
-                "checkpoint_not_found",
-                f"job '{source.id}' stopped before its "
-                "student existed (while the teacher was fine-tuned)",
-                422,
-                field="init_from.job",
-            )
-        theirs = StudentConfig.model_validate(source.config["student"])
-        if (
-            theirs.dims() != request.student.dims()
-            or theirs.trim_vocab
-            or request.student.trim_vocab
-        ):
-            raise AppError(
-                "checkpoint_incompatible",
-                f"job '{source.id}' trained a student "
-                f"shaped {tuple(theirs.dims())}; this job asks for "
-                f"{tuple(request.student.dims())} (and neither may trim its vocab)",
-                422,
-                field="init_from.job",
-            )
-        init_from = {"job": source.id, "step": saved[-1].step}
-    job = repository.add(
-        session,
-        Job(
-            id=new_id("job"),
-            tenant_id=tenant_id,
-            status=JobStatus.queued,
-            teacher=request.teacher,
-            init_from=init_from,
-            webhook_url=str(request.webhook_url) if request.webhook_url else None,
-            webhook_secret=new_webhook_secret() if request.webhook_url else None,
-            teacher_source=teacher_source,
-            dataset_id=train.id,
-            validation_dataset_id=validation.id if validation else None,
-            config=config.model_dump(mode="json"),
-            step=0,
-            total_steps=0,
-            attempts=0,
-            cancel_requested=False,
-            enqueued_at=utcnow(),
-        ),
-    )
-    repository.add_event(
-        session,
-        job_id=job.id,
-        tenant_id=tenant_id,
-        type="job_created",
-        message="job queued",
-        data={"task": task, "teacher": request.teacher},
-    )
-    return job
+    if saved[-1].stage in (None, "preparing", "teacher_finetune"):
+        raise AppError(
+            "checkpoint_not_found",
+            f"job '{source.id}' stopped before its "
+            "student existed (while the teacher was fine-tuned)",
+            422,
+            field="init_from.job",
+        )
+    theirs = StudentConfig.model_validate(source.config["student"])
+    if theirs.dims() != request.student.dims() or theirs.trim_vocab or request.student.trim_vocab:
+        raise AppError(
+            "checkpoint_incompatible",
+            f"job '{source.id}' trained a student "
+            f"shaped {tuple(theirs.dims())}; this job asks for "
+            f"{tuple(request.student.dims())} (and neither may trim its vocab)",
+            422,
+            field="init_from.job",
+        )
+    return {"job": source.id, "step": saved[-1].step}
 
 
 def new_webhook_secret() -> str:
@@ -258,58 +315,13 @@ def list_jobs(
     return rows[:limit], len(rows) > limit
 
 
-def fail_unqueued(session: Session, *, job_id: str, message: str) -> None:
-    repository.transition(
-        session,
-        job_id,
-        from_status=JobStatus.queued,
-        to_status=JobStatus.failed,
-        error_code="queue_unavailable",
-        error_message=message,
-        finished_at=utcnow(),
-    )
-
-
 def cancel_job(session: Session, *, tenant_id: str, job_id: str) -> Job:
     """Queued jobs end at once; running ones stop at their next step. Idempotent."""
     job = get_job(session, tenant_id=tenant_id, job_id=job_id)
-    if job.status == JobStatus.cancelled:
-        return job
-    if job.status in (JobStatus.succeeded, JobStatus.failed):
-        raise AppError("job_not_cancellable", f"job '{job_id}' already {job.status}", 409)
-    now = utcnow()
-    if repository.transition(
-        session,
-        job_id,
-        from_status=JobStatus.queued,
-        to_status=JobStatus.cancelled,
-        cancel_requested=True,
-        finished_at=now,
-    ):
-        repository.add_event(
-            session,
-            job_id=job_id,
-            tenant_id=tenant_id,
-            type="job_cancelled",
-            message="cancelled before it started",
-            data={},
-        )
-    elif repository.transition(
-        session,
-        job_id,
-        from_status=JobStatus.running,
-        to_status=JobStatus.running,
-        cancel_requested=True,
-    ):
-        repository.add_event(
-            session,
-            job_id=job_id,
-            tenant_id=tenant_id,
-            type="cancel_requested",
-            message="cancel requested; stopping at the next step",
-            data={},
-        )
-    session.refresh(job)
+    if job.status != JobStatus.cancelled:
+        if not lifecycle.cancel(session, job):
+            lifecycle.request_cancel(session, job)  # running, or it started meanwhile
+        session.refresh(job)
     if job.status in (JobStatus.succeeded, JobStatus.failed):
         raise AppError("job_not_cancellable", f"job '{job_id}' already {job.status}", 409)
     return job
@@ -320,8 +332,8 @@ def to_public(job: Job) -> JobPublic:
     total = job.total_steps
     return JobPublic(
         id=job.id,
-        status=job.status,
-        stage=job.stage,  # type: ignore[arg-type]
+        status=cast(JobStatusName, job.status),  # only lifecycle writes it, from JobStatus
+        stage=job.stage,
         progress=Progress(
             step=job.step, total_steps=total, fraction=round(job.step / total, 4) if total else 0.0
         ),
@@ -349,14 +361,6 @@ def to_public(job: Job) -> JobPublic:
     )
 
 
-def list_events(
-    session: Session, *, tenant_id: str, job_id: str, after: int | None, limit: int
-) -> tuple[Sequence[JobEvent], bool]:
-    get_job(session, tenant_id=tenant_id, job_id=job_id)
-    rows = repository.events_page(session, job_id=job_id, after=after, limit=limit + 1)
-    return rows[:limit], len(rows) > limit
-
-
 def metrics_series(session: Session, *, tenant_id: str, job_id: str) -> MetricsSeries:
     job = get_job(session, tenant_id=tenant_id, job_id=job_id)
     # A resumed job repeats the steps after its last checkpoint: the latest row of a step wins.
@@ -372,7 +376,10 @@ def metrics_series(session: Session, *, tenant_id: str, job_id: str) -> MetricsS
     return MetricsSeries(job=job.id, steps=steps, evaluations=evaluations, final=job.metrics)
 
 
-def list_checkpoints(session: Session, *, tenant_id: str, job_id: str) -> list[CheckpointPublic]:
+def list_checkpoints(
+    session: Session, *, storage: Storage, tenant_id: str, job_id: str
+) -> list[CheckpointPublic]:
+    """Only the last checkpoint can seed another job: each save replaces the one before."""
     get_job(session, tenant_id=tenant_id, job_id=job_id)
     rows = repository.checkpoints(session, job_id=job_id)
     return [
@@ -382,7 +389,7 @@ def list_checkpoints(session: Session, *, tenant_id: str, job_id: str) -> list[C
             size_bytes=c.size_bytes,
             losses=c.losses,
             created_at=c.created_at,
-            available=i == len(rows) - 1 and Path(c.path).is_file(),
+            available=i == len(rows) - 1 and _stored(storage, c.path),
         )
         for i, c in enumerate(rows)
     ]
@@ -396,3 +403,10 @@ def list_deliveries(
         WebhookDeliveryPublic.model_validate(d)
         for d in repository.deliveries(session, job_id=job_id)
     ]
+
+
+def _stored(storage: Storage, key: str) -> bool:
+    try:
+        return storage.stat(key) is not None
+    except ValueError:  # a row from before checkpoints were stored by key holds a path
+        return False

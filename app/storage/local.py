@@ -24,11 +24,6 @@ class LocalStorage:
     def _path(self, key: str) -> Path:
         return self.root / check_key(key)
 
-    def local_path(self, key: str) -> Path:
-        """Deprecated, not part of `Storage`: the runner's last uses are moving to
-        `download`; the method goes once they are gone."""
-        return self._path(key)
-
     def put(self, key: str, stream: Readable) -> StoredObject:
         target = self._path(key)
         target.parent.mkdir(parents=True, exist_ok=True)

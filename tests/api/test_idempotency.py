@@ -10,8 +10,7 @@ from sqlalchemy.orm import Session
 
 from app.datasets.models import Dataset
 from app.jobs.models import Job
-from tests.api.test_jobs import queued_job_ids
-from tests.factories import TINY_SENTIMENT, zip_folder
+from tests.factories import TINY_SENTIMENT, queued_job_ids, zip_folder
 
 
 def test_retried_job_post_creates_exactly_one_job(

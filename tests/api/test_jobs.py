@@ -1,19 +1,19 @@
 from __future__ import annotations
 
-import base64
-import json
+import uuid
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 import redis
 from fastapi.testclient import TestClient
-from sqlalchemy import update
+from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
 from app.config import get_settings
 from app.jobs.models import Job
-from tests.factories import TINY_SENTIMENT, jsonl_bytes, zip_folder
+from tests.factories import TINY_SENTIMENT, jsonl_bytes, queued_job_ids, zip_folder
 
 
 @pytest.fixture()
@@ -31,19 +31,38 @@ def teacher_id(client: TestClient, tiny_teacher_dir: Path) -> str:
     )
 
 
-def queued_job_ids(queue: redis.Redis) -> list[str]:
-    """The job ids in the real Redis queue, read from the Celery messages themselves."""
-    ids = []
-    for raw in queue.lrange(get_settings().queue_name, 0, -1):
-        message = json.loads(raw)
-        assert message["headers"]["task"] == "distillery.run_job"
-        args, _, _ = json.loads(base64.b64decode(message["body"]))
-        ids.extend(args)
-    return ids
-
-
 def create(client: TestClient, **body: Any) -> Any:
     return client.post("/v1/jobs", json=body)
+
+
+@pytest.fixture()
+def broker_down(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """A broker address nobody listens on: every send fails, as in an outage."""
+    monkeypatch.setenv("DISTILLERY_BROKER_URL", "redis://127.0.0.1:1/15")
+    get_settings.cache_clear()
+    yield
+    monkeypatch.undo()
+    get_settings.cache_clear()
+
+
+def test_broker_outage_fails_the_job_and_an_idempotent_retry_sees_the_503(
+    client: TestClient, db_session: Session, dataset_id: str, teacher_id: str, broker_down: None
+) -> None:
+    headers = {"Idempotency-Key": f"outage-{uuid.uuid4()}"}
+    body = {"teacher": teacher_id, "dataset": dataset_id}
+    first = client.post("/v1/jobs", json=body, headers=headers)
+    assert first.status_code == 503, first.text
+    assert first.json()["error"]["code"] == "queue_unavailable"
+    tenants_jobs = (
+        select(Job)
+        .where(Job.tenant_id == client.tenant)  # type: ignore[attr-defined]
+        .execution_options(populate_existing=True)
+    )
+    jobs = db_session.scalars(tenants_jobs).all()
+    assert [(j.status, j.error_code) for j in jobs] == [("failed", "queue_unavailable")]
+    again = client.post("/v1/jobs", json=body, headers=headers)
+    assert (again.status_code, again.json()) == (503, first.json())
+    assert db_session.scalars(tenants_jobs).all() == jobs  # replayed, not created again
 
 
 def test_create_job_records_it_and_enqueues_its_id(

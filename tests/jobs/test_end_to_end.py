@@ -14,7 +14,7 @@ from fastapi.testclient import TestClient
 from app.queue import enqueue_job
 from tests.jobs.conftest import TINY_STUDENT, event_types, upload_inputs, wait_for
 
-pytestmark = pytest.mark.e2e
+pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
 
 def test_job_trains_a_student_that_transformers_loads(

@@ -19,7 +19,7 @@ from standardwebhooks.webhooks import Webhook
 
 from tests.jobs.conftest import DEADLINE_S, TINY_STUDENT, upload_inputs, wait_for
 
-pytestmark = pytest.mark.e2e
+pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
 
 class Receiver:

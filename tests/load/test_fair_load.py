@@ -27,7 +27,7 @@ from tests.jobs.conftest import TINY_STUDENT
 from tests.stray import cancel_stray_queued_jobs
 from tests.workerproc import start_worker, stop_worker
 
-pytestmark = pytest.mark.e2e
+pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 JOBS_PER_TENANT = 25
 DEADLINE_S = 1200  # a hang guard, not a performance bound
 LIFECYCLE = ("job_created", "job_started", "job_succeeded", "job_failed", "job_cancelled")

@@ -18,7 +18,7 @@ from tests.jobs.conftest import TINY_STUDENT, upload_inputs
 from tests.stray import cancel_stray_queued_jobs
 from tests.workerproc import start_worker, stop_worker
 
-pytestmark = pytest.mark.e2e
+pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 DEADLINE_S = 600
 TERMINAL = {"succeeded", "failed", "cancelled"}
 
@@ -162,10 +162,11 @@ def test_failing_disk_fails_the_job_cleanly(
     workers: list[subprocess.Popen[bytes]],
 ) -> None:
     """Every file the worker writes is capped at 16 KiB by the kernel (RLIMIT_FSIZE): the
-    first checkpoint cannot be written. The job fails with a clear storage error, and no
-    torn checkpoint or artifact is left visible."""
+    first file it writes (the teacher's copy in its scratch folder) cannot be written. The job
+    fails with a clear storage error, and no torn checkpoint or artifact is left visible."""
     from app.config import get_settings
-    from workers.runner import workdir_for
+    from app.storage import get_storage
+    from workers.checkpoints import checkpoint_prefix
 
     client = committing_client
     workers.append(start_worker(None, name="full-disk", max_file_bytes=16 * 1024))
@@ -176,9 +177,8 @@ def test_failing_disk_fails_the_job_cleanly(
     assert "size limit" in job["error"]["message"]
     assert client.get(f"/v1/jobs/{job_id}/artifacts").json() == []
     assert client.get(f"/v1/jobs/{job_id}/checkpoints").json() == []
-    checkpoints = workdir_for(get_settings(), job_id) / "checkpoints"
-    leftovers = [p.name for p in checkpoints.rglob("*")] if checkpoints.exists() else []
-    assert not [n for n in leftovers if n.endswith((".tmp", ".pt"))], leftovers
+    prefix = checkpoint_prefix(get_settings().default_tenant, job_id)
+    assert get_storage().list(prefix) == []
     assert workers[0].poll() is None  # the worker itself carries on
 
 

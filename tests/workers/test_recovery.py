@@ -12,10 +12,10 @@ from app.base import utcnow
 from app.config import get_settings
 from app.db import session_factory
 from app.jobs.models import Job, JobEvent
-from tests.api.test_jobs import queued_job_ids
-from tests.workers.test_runner import queued_job  # noqa: F401  (fixture)
-from workers.recovery import claim, reap_stale_jobs
-from workers.runner import JobCallbacks
+from tests.factories import queued_job_ids
+from workers.claim import claim
+from workers.progress import JobCallbacks
+from workers.reaper import reap_stale_jobs
 
 
 def _set(job_id: str, **values: object) -> None:
@@ -34,7 +34,7 @@ def _silent_for(seconds: float) -> object:
     return utcnow() - timedelta(seconds=seconds)
 
 
-def test_stale_running_job_is_taken_over_and_a_fresh_one_is_not(queued_job: str) -> None:  # noqa: F811
+def test_stale_running_job_is_taken_over_and_a_fresh_one_is_not(queued_job: str) -> None:
     sessions = session_factory()
     assert claim(sessions, queued_job, worker="dead-worker") is not None
     assert claim(sessions, queued_job, worker="eager") is None  # heartbeat is fresh
@@ -51,7 +51,7 @@ def test_stale_running_job_is_taken_over_and_a_fresh_one_is_not(queued_job: str)
     assert [e.data["takeover"] for e in started] == [False, True]
 
 
-def test_attempts_cap_fails_the_job(queued_job: str) -> None:  # noqa: F811
+def test_attempts_cap_fails_the_job(queued_job: str) -> None:
     _set(
         queued_job,
         status="running",
@@ -68,7 +68,7 @@ def test_attempts_cap_fails_the_job(queued_job: str) -> None:  # noqa: F811
 def test_reaper_requeues_a_vanished_worker_s_job_and_resends_lost_messages(
     queued_job: str,
     committing_client: TestClient,
-    queue: redis.Redis,  # noqa: F811
+    queue: redis.Redis,
 ) -> None:
     settings = get_settings()
     assert claim(session_factory(), queued_job, worker="vanished") is not None
@@ -94,7 +94,7 @@ def test_reaper_requeues_a_vanished_worker_s_job_and_resends_lost_messages(
     assert queued_job_ids(queue) == [queued_job]
 
 
-def test_reaper_fails_a_job_at_the_attempts_cap(queued_job: str) -> None:  # noqa: F811
+def test_reaper_fails_a_job_at_the_attempts_cap(queued_job: str) -> None:
     settings = get_settings()
     _set(
         queued_job,
@@ -107,7 +107,7 @@ def test_reaper_fails_a_job_at_the_attempts_cap(queued_job: str) -> None:  # noq
     assert _job(queued_job).error_code == "worker_lost"
 
 
-def test_a_worker_that_lost_its_claim_stops(queued_job: str) -> None:  # noqa: F811
+def test_a_worker_that_lost_its_claim_stops(queued_job: str) -> None:
     sessions = session_factory()
     job = claim(sessions, queued_job, worker="slow")
     assert job is not None

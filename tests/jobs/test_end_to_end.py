@@ -12,7 +12,8 @@ import pytest
 from fastapi.testclient import TestClient
 
 from app.queue import enqueue_job
-from tests.jobs.conftest import TINY_STUDENT, event_types, upload_inputs, wait_for
+from tests.factories import TINY_STUDENT
+from tests.jobs_support import event_types, upload_inputs, wait_for
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 

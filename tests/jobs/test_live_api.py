@@ -17,7 +17,8 @@ import pytest
 from fastapi.testclient import TestClient
 from standardwebhooks.webhooks import Webhook
 
-from tests.jobs.conftest import DEADLINE_S, TINY_STUDENT, upload_inputs, wait_for
+from tests.factories import TINY_STUDENT
+from tests.jobs_support import DEADLINE_S, upload_inputs, wait_for
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 

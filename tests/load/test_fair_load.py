@@ -22,8 +22,7 @@ from app.db import session_factory
 from app.jobs.models import Job, JobEvent
 from app.main import create_app
 from app.storage import get_storage
-from tests.factories import TINY_SENTIMENT, zip_folder
-from tests.jobs.conftest import TINY_STUDENT
+from tests.factories import TINY_SENTIMENT, TINY_STUDENT, zip_folder
 from tests.stray import cancel_stray_queued_jobs
 from tests.workerproc import start_worker, stop_worker
 

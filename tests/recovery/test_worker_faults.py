@@ -14,13 +14,14 @@ from typing import Any
 import pytest
 from fastapi.testclient import TestClient
 
-from tests.jobs.conftest import TINY_STUDENT, upload_inputs
+from contract.vocab import TERMINAL
+from tests.factories import TINY_STUDENT
+from tests.jobs_support import upload_inputs
 from tests.stray import cancel_stray_queued_jobs
 from tests.workerproc import start_worker, stop_worker
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 DEADLINE_S = 600
-TERMINAL = {"succeeded", "failed", "cancelled"}
 
 
 @pytest.fixture()

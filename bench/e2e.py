@@ -25,6 +25,7 @@ import io
 import os
 import signal
 import socket
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -339,6 +340,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--broker-url",
         help="e.g. redis://127.0.0.1:6379/0; default: sqla+sqlite in the temp folder",
     )
+    p.add_argument(
+        "--latency-jobs",
+        type=int,
+        default=0,
+        help="before the main job, time POST -> running for this many jobs on the idle worker "
+        "(each cancelled once running); issue 10 asks for 20",
+    )
     p.add_argument("--poll-interval", type=float, default=0.5)
     p.add_argument("--timeout", type=float, default=6 * 3600, help="seconds to wait for the job")
     p.add_argument("--keep", action="store_true", help="keep the temp folder (db, logs, storage)")
@@ -440,6 +448,10 @@ def run_job(
     train_ds = upload(client, "train.jsonl", train)
     dev_ds = upload(client, "dev.jsonl", dev)
     result["upload_s"] = time.perf_counter() - t
+    if a.latency_jobs:
+        result["start_latency"] = start_latency(
+            client, services, train_ds["id"], a.latency_jobs, max_seq_length=a.max_seq_length
+        )
     hyper: dict[str, Any] = {"batch_size": a.batch_size, "max_seq_length": a.max_seq_length}
     if a.epochs:
         hyper["epochs"] = a.epochs
@@ -511,6 +523,54 @@ def run_job(
     return True
 
 
+def start_latency(
+    client: httpx.Client, services: Services, dataset: str, jobs: int, *, max_seq_length: int
+) -> dict[str, Any]:
+    """POST /v1/jobs -> `running`, one job at a time on the idle worker: the client's clock (a
+    20 ms poll) and the server's (started_at - created_at). Each job is cancelled as soon as it
+    runs, and the next is posted once the worker has let it go."""
+    client_s: list[float] = []
+    server_s: list[float] = []
+    body = {
+        "teacher": TEACHER,
+        "dataset": dataset,
+        "student": {"preset": "bert-2l-128d"},
+        "hyperparameters": {"epochs": 1, "max_seq_length": max_seq_length},
+    }
+    for i in range(jobs):
+        t = time.perf_counter()
+        job = client.post("/v1/jobs", json=body).raise_for_status().json()
+        while job["status"] == "queued":
+            services.check_alive()
+            time.sleep(0.02)
+            job = client.get(f"/v1/jobs/{job['id']}").raise_for_status().json()
+        client_s.append(time.perf_counter() - t)
+        if job["started_at"]:
+            started = datetime.fromisoformat(job["started_at"])
+            server_s.append((started - datetime.fromisoformat(job["created_at"])).total_seconds())
+        client.post(f"/v1/jobs/{job['id']}/cancel").raise_for_status()
+        while job["status"] not in TERMINAL:
+            time.sleep(0.05)
+            job = client.get(f"/v1/jobs/{job['id']}").raise_for_status().json()
+        log(f"  start latency {i + 1}/{jobs}: {client_s[-1]:.2f} s (client clock)")
+
+    def summary(xs: list[float]) -> dict[str, float]:
+        ordered = sorted(xs)
+        return {
+            "p50_s": statistics.median(ordered),
+            "p90_s": ordered[min(len(ordered) - 1, int(0.9 * len(ordered)))],
+            "max_s": ordered[-1],
+        }
+
+    return {
+        "jobs": jobs,
+        "client": summary(client_s),
+        "server": summary(server_s) if server_s else None,
+        "client_s": client_s,
+        "server_s": server_s,
+    }
+
+
 def report(r: dict[str, Any]) -> None:
     s = r["settings"]
     polled = {x["phase"]: x["wall_s"] for x in r.get("stages") or []}
@@ -531,6 +591,19 @@ def report(r: dict[str, Any]) -> None:
         ["phase", "events", "polling"],
         rows,
     )
+    if lat := r.get("start_latency"):
+        server = lat["server"] or {}
+        table(
+            f"POST /v1/jobs -> running on an idle worker, {lat['jobs']} jobs, seconds",
+            ["clock", "p50", "p90", "max"],
+            [
+                ["client (20 ms poll)", *(lat["client"][k] for k in ("p50_s", "p90_s", "max_s"))],
+                [
+                    "server (started_at - created_at)",
+                    *(server.get(k) for k in ("p50_s", "p90_s", "max_s")),
+                ],
+            ],
+        )
 
     m = r.get("metrics") or {}
     if m:

@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
+import logging
 import threading
 from typing import Any
 
 from celery import Task, signals
 
+from app.config import get_settings
 from app.queue import RUN_JOB_TASK, WEBHOOK_TASK
 from workers.celery_app import REAP_TASK, app
 
 # Celery's decorators are untyped: each task below carries one narrow ignore for that.
+
+log = logging.getLogger(__name__)
 
 # Set on SIGTERM (Celery's warm shutdown): the running job checkpoints and is handed back.
 _shutting_down = threading.Event()
@@ -21,10 +25,21 @@ def _on_shutdown(**_: Any) -> None:
     _shutting_down.set()
 
 
+@signals.celeryd_after_setup.connect  # type: ignore[untyped-decorator]
+def _preload_engine(sender: str, instance: Any, **_: Any) -> None:
+    """A training worker imports torch and the engine as it starts, not on its first job
+    (about 5 s here): POST -> running stays short for the first job too. The webhook worker
+    stays light. Forked pool children inherit the imports."""
+    chosen = instance.app.amqp.queues.consume_from  # None: every queue, the training one too
+    if chosen is None or get_settings().queue_name in chosen:
+        import workers.runner  # noqa: F401
+
+        log.info("engine preloaded for queue %s", get_settings().queue_name)
+
+
 @app.task(name=RUN_JOB_TASK, bind=True, max_retries=None)  # type: ignore[untyped-decorator]
 def run_job(self: Task, job_id: str) -> None:
-    from app.config import get_settings
-    from workers.runner import run_job as run  # torch loads in the worker process only
+    from workers.runner import run_job as run  # preloaded in a training worker
 
     outcome = run(
         job_id,

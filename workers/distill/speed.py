@@ -77,8 +77,8 @@ def measure_speed(
         ("teacher", "pytorch_fp32"): torch_calls(teacher, inputs, bf16=False),
         ("teacher", "pytorch_bf16"): torch_calls(teacher, inputs, bf16=True),
     }
+    mapped = {n: mapped_ids(b, input_map) for n, b in inputs.items()}  # the graph's own ids
     for runtime, path in onnx.items():
-        mapped = {n: mapped_ids(b, input_map) for n, b in inputs.items()}
         calls["student", runtime] = onnx_calls(path, mapped, threads=threads)
     runs = {1: latency_runs, 32: throughput_runs}
     timed = {

@@ -176,6 +176,10 @@ class ExportConfig(_Frozen):
     opset: int = Field(default=17, ge=14, le=21)
     # timed forward passes per latency figure, after one warm-up
     latency_runs: int = Field(default=20, ge=1, le=10_000)
+    # the speed block's inputs: this many real tokens a row (cut to the models' position limit)
+    speed_seq_len: int = Field(default=128, ge=8, le=8192)
+    # timed batch-32 passes per throughput figure, after one warm-up; batch 1 takes latency_runs
+    throughput_runs: int = Field(default=5, ge=1, le=10_000)
 
 
 class DistillConfig(_Frozen):

@@ -41,7 +41,14 @@ def test_export_loads_with_auto_classes_and_onnx_matches(
     assert onnx["fp32"]["size_bytes"] == onnx_path.stat().st_size
     assert onnx["int8"]["size_bytes"] == int8_path.stat().st_size
     assert onnx["fp32"]["latency_ms"]["batch_32"]["median"] > 0
+    speed = result.metrics["speed"]
+    assert set(speed["student"]) == {"pytorch_fp32", "pytorch_bf16", "onnx", "onnx_int8"}
+    assert onnx["int8"]["latency_ms"]["batch_1"] == speed["student"]["onnx_int8"]["batch_1_ms"]
+    assert speed["speedup"]["vs_teacher_pytorch_fp32"]["onnx_int8"]["batch_32"] > 0
     card = (result.export_dir / "README.md").read_text()
     assert "library_name: transformers" in card and '"accuracy"' in card and '"layer_map"' in card
+    assert (
+        "| student | ONNX (onnxruntime) |" in card and "| student | ONNX int8 (dynamic) |" in card
+    )
     saved = json.loads((tmp_path / "metrics.json").read_text())
     assert saved["student"] == result.metrics["student"]

@@ -34,6 +34,29 @@ def test_the_result_says_where_everything_is(
     assert (checkpoint_dir(tmp_path) / "last.pt").is_file()
 
 
+def test_the_metrics_and_the_card_carry_both_models_speed(
+    teacher_dir, train_examples, dev_examples, tmp_path
+) -> None:
+    config = tiny_config(export={"onnx": False, "latency_runs": 2, "throughput_runs": 1})
+    result = _run(config, teacher_dir, train_examples, dev_examples, tmp_path, Recorder())
+    speed = result.metrics["speed"]
+    assert speed["seq_len"] == 128 and speed["runs"] == {"batch_1": 2, "batch_32": 1}
+    # without ONNX export only the PyTorch runtimes exist, for both models
+    assert set(speed["student"]) == set(speed["teacher"]) == {"pytorch_fp32", "pytorch_bf16"}
+    assert speed["student"]["pytorch_bf16"]["batch_32_samples_per_s"] > 0
+    assert speed["speedup"]["same_runtime"]["pytorch_bf16"]["batch_1"] > 0
+    # the older shape stays, read from the same timing
+    for side in ("teacher", "student"):
+        fp32 = speed[side]["pytorch_fp32"]
+        assert result.metrics["latency_ms"][side] == {
+            "batch_1": fp32["batch_1_ms"],
+            "batch_32": fp32["batch_32_ms"],
+        }
+    card = (result.export_dir / "README.md").read_text()
+    assert "### Speed" in card and "| student | PyTorch bf16 |" in card
+    assert "| teacher | PyTorch fp32 |" in card
+
+
 @pytest.mark.slow
 def test_a_finished_run_reexports_without_training_again(
     teacher_dir, train_examples, dev_examples, tmp_path

@@ -1,11 +1,10 @@
-"""Task metrics (scikit-learn, scipy), teacher against student, parameter counts, size on disk and
-measured latency."""
+"""Task metrics (scikit-learn, scipy), teacher against student, parameter counts and size on
+disk (speed is speed.py's)."""
 
 from __future__ import annotations
 
 import math
-import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -15,7 +14,7 @@ from scipy import stats
 from sklearn.metrics import accuracy_score, f1_score, matthews_corrcoef
 from transformers import PreTrainedModel
 
-from .data import Batch, Batches
+from .data import Batches
 
 
 def classification_metrics(y_true: Sequence[int], y_pred: Sequence[int]) -> dict[str, float]:
@@ -112,31 +111,3 @@ def count_parameters(model: torch.nn.Module) -> int:
 
 def state_bytes(model: torch.nn.Module) -> int:
     return sum(t.numel() * t.element_size() for t in model.state_dict().values())
-
-
-def measure_latency_ms(fn: Callable[[], Any], *, runs: int) -> dict[str, float]:
-    """Median and p90 wall time of `fn` after one warm-up call."""
-    fn()
-    times = []
-    for _ in range(runs):
-        start = time.perf_counter()
-        fn()
-        times.append((time.perf_counter() - start) * 1000.0)
-    arr = np.asarray(times)
-    return {"median": float(np.median(arr)), "p90": float(np.percentile(arr, 90))}
-
-
-def torch_latency(
-    model: PreTrainedModel, inputs: Batch, *, runs: int, input_map: torch.Tensor | None = None
-) -> dict[str, float]:
-    """CPU latency of one forward pass over `inputs` (already batched and padded)."""
-    model.train(False)
-    feed = {k: v for k, v in inputs.items() if k != "labels"}
-    if input_map is not None:
-        feed["input_ids"] = input_map[feed["input_ids"]]
-
-    def call() -> None:
-        with torch.inference_mode():
-            model(**feed)
-
-    return measure_latency_ms(call, runs=runs)

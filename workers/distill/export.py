@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -15,7 +14,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from .data import Batch
 from .errors import DistillError
-from .evaluate import measure_latency_ms, size_on_disk
+from .evaluate import size_on_disk
 
 ONNX_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
 ONNX_TOLERANCE = 1e-3  # float32 graph vs eager; rounding differs, meaning may not
@@ -69,6 +68,7 @@ def model_card(
         "",
         "All numbers were measured on this export; none are estimates.",
         "",
+        *speed_table(metrics.get("speed")),
         "```json",
         json.dumps(metrics, indent=2, sort_keys=True, default=str),
         "```",
@@ -83,6 +83,49 @@ def model_card(
     return "\n".join(lines)
 
 
+RUNTIME_NAMES = {
+    "pytorch_fp32": "PyTorch fp32",
+    "pytorch_bf16": "PyTorch bf16",
+    "onnx": "ONNX (onnxruntime)",
+    "onnx_int8": "ONNX int8 (dynamic)",
+}
+
+
+def speed_table(speed: dict[str, Any] | None) -> list[str]:
+    """The card's speed section: one Markdown row per model and runtime; [] without figures."""
+    if not speed:
+        return []
+    up = speed["speedup"]["vs_teacher_pytorch_fp32"]
+    rows = [
+        "### Speed",
+        "",
+        "| model | runtime | batch 1 median ms | batch 1 p90 ms | batch 32 samples/s "
+        "| speed-up vs teacher fp32 (batch 1 / 32) |",
+        "|---|---|---:|---:|---:|---:|",
+    ]
+    for side in ("student", "teacher"):
+        for runtime, e in speed[side].items():
+            ratio = up.get(runtime) if side == "student" else None
+            cell = f"{ratio['batch_1']:.2f}x / {ratio['batch_32']:.2f}x" if ratio else ""
+            rows.append(
+                f"| {side} | {RUNTIME_NAMES.get(runtime, runtime)} "
+                f"| {e['batch_1_ms']['median']:.2f} | {e['batch_1_ms']['p90']:.2f} "
+                f"| {e['batch_32_samples_per_s']:.1f} | {cell} |"
+            )
+    runs = speed["runs"]
+    native = "native" if speed["bf16"]["native"] else "emulated, no bf16 instructions"
+    rows += [
+        "",
+        f"CPU, {speed['threads']} thread(s) for PyTorch and onnxruntime alike; every row "
+        f"{speed['seq_len']} real tokens, no padding; median and p90 of {runs['batch_1']} "
+        f"(batch 1) and {runs['batch_32']} (batch 32) timed runs after warm-up, all models "
+        f"timed round-robin; bf16 is a bf16 copy of the weights ({native}). The same machine "
+        "under other load gives other absolute times; the speed-ups hold better.",
+        "",
+    ]
+    return rows
+
+
 def export_onnx(
     model: PreTrainedModel,
     directory: Path,
@@ -91,13 +134,11 @@ def export_onnx(
     check: Batch,
     opset: int,
     int8: bool,
-    latency_inputs: dict[str, Batch],
-    runs: int,
 ) -> tuple[list[Path], dict[str, Any]]:
-    """model.onnx (+ model.int8.onnx), each with its size and latency; raises if ONNX disagrees.
+    """model.onnx (+ model.int8.onnx), each with its size and drift; raises if ONNX disagrees.
 
     `sample` traces the graph; `check` (another batch size and length) proves the dynamic axes
-    hold and the outputs match eager PyTorch within ONNX_TOLERANCE.
+    hold and the outputs match eager PyTorch within ONNX_TOLERANCE. Their speed is speed.py's.
     """
     directory.mkdir(parents=True, exist_ok=True)
     wrapper = _Outputs(model.cpu()).train(False)
@@ -106,8 +147,7 @@ def export_onnx(
     wrapper.train(False)  # the exporter restores the wrapper's (train) mode onto the model
     with torch.no_grad():
         expected = wrapper(*(check[name] for name in ONNX_INPUTS)).numpy()
-    sess = _session(path)
-    got = sess.run(None, _feed(check))[0]
+    got = onnx_session(path).run(None, _feed(check))[0]
     max_diff = float(np.max(np.abs(got - expected)))
     if not np.isfinite(max_diff) or max_diff > ONNX_TOLERANCE:
         raise DistillError(
@@ -119,13 +159,12 @@ def export_onnx(
             "file": path.name,
             "size_bytes": size_on_disk(path),
             "max_abs_diff_vs_torch": max_diff,
-            "latency_ms": _ort_latency(sess, latency_inputs, runs=runs),
         }
     }
     if not int8:
         return [path], report
     q_path = directory / "model.int8.onnx"
-    report["int8"] = _quantise(path, q_path, check, expected, latency_inputs, runs=runs)
+    report["int8"] = _quantise(path, q_path, check, expected)
     return [path, q_path], report
 
 
@@ -170,46 +209,36 @@ def _trace(wrapper: _Outputs, path: Path, *, sample: Batch, opset: int) -> None:
         model.set_attn_implementation(previous_attn)
 
 
-def _quantise(
-    path: Path,
-    q_path: Path,
-    check: Batch,
-    expected: np.ndarray,
-    latency_inputs: dict[str, Batch],
-    *,
-    runs: int,
-) -> dict[str, Any]:
-    """Dynamic int8 weights; how far its outputs drift from eager PyTorch, and its latency."""
+def _quantise(path: Path, q_path: Path, check: Batch, expected: np.ndarray) -> dict[str, Any]:
+    """Dynamic int8 weights; how far its outputs drift from eager PyTorch."""
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
     quantize_dynamic(str(path), str(q_path), weight_type=QuantType.QInt8)
-    sess = _session(q_path)
-    got = sess.run(None, _feed(check))[0]
+    got = onnx_session(q_path).run(None, _feed(check))[0]
     entry: dict[str, Any] = {
         "file": q_path.name,
         "size_bytes": size_on_disk(q_path),
         "max_abs_diff_vs_torch": float(np.max(np.abs(got - expected))),
-        "latency_ms": _ort_latency(sess, latency_inputs, runs=runs),
     }
     if expected.ndim == 2 and expected.shape[-1] > 1:  # class logits
         entry["argmax_agreement_vs_torch"] = float(np.mean(got.argmax(-1) == expected.argmax(-1)))
     return entry
 
 
-def _session(path: Path) -> Any:
+def onnx_session(path: Path, *, threads: int | None = None) -> Any:
+    """A CPU session on `threads` intra-op threads (torch's count by default) that do not spin.
+
+    Spinning threads keep the cores busy after a run, which would slow whatever is timed next:
+    in speed.py's round-robin, another runtime.
+    """
     import onnxruntime as ort
 
     opts = ort.SessionOptions()
-    opts.intra_op_num_threads = max(1, (os.cpu_count() or 1))
+    opts.intra_op_num_threads = threads or torch.get_num_threads()
+    opts.inter_op_num_threads = 1
+    opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
     return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
 
 
 def _feed(batch: Batch) -> dict[str, np.ndarray]:
     return {name: batch[name].cpu().numpy() for name in ONNX_INPUTS}
-
-
-def _ort_latency(sess: Any, inputs: dict[str, Batch], *, runs: int) -> dict[str, Any]:
-    return {
-        name: measure_latency_ms(partial(sess.run, None, _feed(batch)), runs=runs)
-        for name, batch in inputs.items()
-    }

@@ -1,5 +1,5 @@
-"""After training: evaluate teacher and student, measure latency and size, export the student
-(HF folder, ONNX), write metrics.json once and say where everything is."""
+"""After training: evaluate teacher and student, export the student (HF folder, ONNX), measure
+size and speed, write metrics.json once and say where everything is."""
 
 from __future__ import annotations
 
@@ -15,14 +15,14 @@ from contract.config import DistillConfig
 
 from .callbacks import Reporter, jsonable
 from .checkpoint import teacher_dir
-from .data import Batch, Batches, Encoded, collate
-from .evaluate import compare, count_parameters, size_on_disk, state_bytes, torch_latency
+from .data import Batch, Batches, collate
+from .evaluate import compare, count_parameters, size_on_disk, state_bytes
 from .export import export_hf, export_onnx, model_card
 from .features import on_device
 from .prepare import Prepared
+from .speed import legacy_latency, mapped_ids, measure_speed
 from .student import Student
 
-LATENCY_BATCH_SIZES = (1, 32)
 METRICS_FILE = "metrics.json"
 
 
@@ -100,18 +100,9 @@ def _export(
     teacher_source: str,
     workdir: Path,
 ) -> RunResult:
-    """Latency and size of both models, the student's HF folder and ONNX files, metrics.json."""
+    """Size of both models, the student's HF folder and ONNX files, speed, metrics.json."""
     config = ready.config
     student_cpu, teacher_cpu = student.model.cpu(), ready.teacher.model.cpu()
-    inputs = _latency_inputs(ready.validation or ready.train, pad_id=ready.pad_id)
-    runs, input_map = config.export.latency_runs, student.vocab.input_map
-    metrics["latency_ms"] = {
-        "teacher": {n: torch_latency(teacher_cpu, b, runs=runs) for n, b in inputs.items()},
-        "student": {
-            n: torch_latency(student_cpu, b, runs=runs, input_map=input_map)
-            for n, b in inputs.items()
-        },
-    }
     finetuned = teacher_dir(workdir)
     on_disk = finetuned if finetuned.exists() else Path(teacher_source)
     teacher_bytes = size_on_disk(on_disk) if on_disk.exists() else state_bytes(teacher_cpu)
@@ -122,7 +113,7 @@ def _export(
     metrics["size_bytes"] = {"teacher": teacher_bytes, "student": student_bytes}
     onnx_files: list[Path] = []
     if config.export.onnx:
-        sample, check = (_mapped(b, input_map) for b in _onnx_batches(ready))
+        sample, check = (mapped_ids(b, student.vocab.input_map) for b in _onnx_batches(ready))
         onnx_files, metrics["onnx"] = export_onnx(
             student_cpu,
             export_dir / "onnx",
@@ -130,9 +121,8 @@ def _export(
             check=check,
             opset=config.export.opset,
             int8=config.export.int8,
-            latency_inputs={n: _mapped(b, input_map) for n, b in inputs.items()},
-            runs=runs,
         )
+    _measure_speed(ready, student, metrics, onnx_files)
     metrics = jsonable(metrics)
     card = model_card(
         title=f"Distilled student of {teacher_source}",
@@ -147,14 +137,31 @@ def _export(
     return RunResult(metrics, export_dir, onnx_files, metrics_file, config)
 
 
-def _latency_inputs(pool: list[Encoded], *, pad_id: int) -> dict[str, Batch]:
-    """{"batch_1": ..., "batch_32": ...}: real examples, repeated to fill the batch."""
-    out: dict[str, Batch] = {}
-    for n in LATENCY_BATCH_SIZES:
-        batch = collate([pool[i % len(pool)] for i in range(n)], pad_id=pad_id)
-        batch.pop("labels", None)
-        out[f"batch_{n}"] = batch
-    return out
+def _measure_speed(
+    ready: Prepared, student: Student, metrics: dict[str, Any], onnx_files: list[Path]
+) -> None:
+    """metrics["speed"] (both models on the CPU by now), and the older latency figures taken
+    from it: one timing, not two."""
+    export = ready.config.export
+    onnx = dict(zip(("onnx", "onnx_int8"), onnx_files, strict=False))
+    speed = measure_speed(
+        student.model,
+        ready.teacher.model,
+        pool=ready.validation or ready.train,
+        input_map=student.vocab.input_map,
+        onnx=onnx,
+        seq_len=export.speed_seq_len,
+        latency_runs=export.latency_runs,
+        throughput_runs=export.throughput_runs,
+    )
+    metrics["speed"] = speed
+    # the shape readers knew before the speed block: PyTorch fp32, now at speed["seq_len"]
+    metrics["latency_ms"] = {
+        side: legacy_latency(speed, side, "pytorch_fp32") for side in ("teacher", "student")
+    }
+    for kind, runtime in (("fp32", "onnx"), ("int8", "onnx_int8")):
+        if runtime in onnx:
+            metrics["onnx"][kind]["latency_ms"] = legacy_latency(speed, "student", runtime)
 
 
 def _onnx_batches(ready: Prepared) -> tuple[Batch, Batch]:
@@ -173,13 +180,6 @@ def _onnx_batches(ready: Prepared) -> tuple[Batch, Batch]:
         }
 
     return make(2, 1), make(3, 4)
-
-
-def _mapped(batch: Batch, input_map: Tensor | None) -> Batch:
-    """The batch in the student's token ids (a trimmed vocabulary renumbers them)."""
-    if input_map is None:
-        return batch
-    return {**batch, "input_ids": input_map[batch["input_ids"]]}
 
 
 def _pad_right(x: Tensor, extra: int, value: int) -> Tensor:

@@ -42,7 +42,7 @@ def server(tmp_path: Path, database: str, queue: redis.Redis) -> Iterator[str]:
     port = _free_port()
     log = tmp_path / "api.log"
     argv = [sys.executable, "-m", "uvicorn", "app.main:create_app", "--factory"]
-    argv += ["--host", "127.0.0.1", "--port", str(port), "--log-level", "warning"]
+    argv += ["--host", "127.0.0.1", "--port", str(port), "--log-level", "warning", "--workers", "1"]
     with log.open("wb") as out:
         proc = subprocess.Popen(argv, cwd=ROOT, env=os.environ.copy(), stdout=out, stderr=out)
     base_url = f"http://127.0.0.1:{port}"

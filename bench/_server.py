@@ -106,8 +106,7 @@ def start_api(
         "--log-level",
         "warning",
     ]
-    if workers > 1:
-        argv += ["--workers", str(workers)]
+    argv += ["--workers", str(workers)]  # explicit: WEB_CONCURRENCY in the env would win
     with (folder / "api.log").open("wb") as out:
         proc = subprocess.Popen(argv, cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT)
     base_url = f"http://127.0.0.1:{port}"
@@ -204,6 +203,54 @@ def job_body(dataset: str) -> dict[str, Any]:
         },
         "hyperparameters": {"epochs": 1, "batch_size": 32, "max_seq_length": 32},
     }
+
+
+def _cpu_s(pid: int) -> float:
+    """utime + stime of one process, in seconds (0 once it is gone)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def _children(pid: int) -> list[int]:
+    try:
+        tasks = Path(f"/proc/{pid}/task").iterdir()
+        return [int(c) for t in tasks for c in (t / "children").read_text().split()]
+    except OSError:
+        return []
+
+
+def _backends(database: str) -> list[int]:
+    """Postgres backends serving `database` (a backend's title names its database)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                title = (
+                    (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+                )
+            except OSError:
+                continue
+            if title.startswith("postgres: ") and f" {database} " in title:
+                found.append(int(entry.name))
+    return found
+
+
+class CpuMeter:
+    """CPU seconds spent by the API (the uvicorn process and its workers) and by the Postgres
+    backends of the bench database: a per-request cost that holds up on a busy machine, where
+    requests per second do not. Linux /proc only; zeros elsewhere."""
+
+    def __init__(self, api_pid: int, database: str) -> None:
+        self.api_pid, self.database = api_pid, database
+
+    def read(self) -> tuple[float, float]:
+        if not Path("/proc/self/stat").exists():
+            return 0.0, 0.0
+        api = sum(_cpu_s(p) for p in [self.api_pid, *_children(self.api_pid)])
+        return api, sum(_cpu_s(p) for p in _backends(self.database))
 
 
 def process_memory(pid: int) -> dict[str, int]:

@@ -29,7 +29,7 @@ from typing import Any
 
 from _common import RESULTS_DIR, log, table, write_json
 from _loadgen import Prober, Target, run, wrk_available
-from _server import REDIS_URL, Setup, job_body, running_api, upload_dataset
+from _server import REDIS_URL, CpuMeter, Setup, job_body, running_api, upload_dataset
 
 GETS = ("get_job", "list_jobs")
 # Issue 10's targets for the GETs at 64 clients, against /healthz of the same server.
@@ -128,8 +128,11 @@ def targets(ids: list[str], body: dict[str, Any], key: str) -> dict[str, Target]
 def measure(
     args: argparse.Namespace, setup: Setup, plan: dict[str, Target]
 ) -> list[dict[str, Any]]:
+    meter = CpuMeter(setup.api.pid, setup.env["DISTILLERY_DATABASE_URL"].rsplit("/", 1)[1])
+
     def go(target: Target, clients: int, seconds: float) -> dict[str, Any]:
-        return run(
+        api0, pg0 = meter.read()
+        result = run(
             args.generator,
             setup.base_url,
             target,
@@ -138,6 +141,11 @@ def measure(
             timeout_s=args.timeout,
             max_requests=args.max_requests,
         )
+        api1, pg1 = meter.read()
+        answered = max(1, result["requests"])
+        result["api_cpu_ms_per_req"] = (api1 - api0) * 1000 / answered
+        result["pg_cpu_ms_per_req"] = max(0.0, pg1 - pg0) * 1000 / answered
+        return result
 
     for name in ("healthz", *GETS):  # imports, prepared statements, pool connections
         go(plan[name], 8, args.warmup)
@@ -191,47 +199,37 @@ def verdicts(rows: list[dict[str, Any]]) -> dict[str, Any]:
     return out
 
 
+PROBE_MS = ("p50_ms", "p99_ms", "max_ms")
+
+
 def print_table(rows: list[dict[str, Any]], title: str) -> None:
     def ms(v: float | None) -> str:
         return "-" if v is None else f"{v:.1f}"
 
-    header = [
-        "clients",
-        "endpoint",
-        "req/s",
-        "of ceiling",
-        "p50 ms",
-        "p99 ms",
-        "p99 x ceil",
-        "4xx",
-        "5xx",
-        "timeouts",
-        "conn err",
-        "healthz p50/p99/max ms",
-        "probe fails",
-    ]
+    header = ["clients", "endpoint", "req/s", "of ceil", "p50 ms", "p99 ms", "p99/ceil",
+              "4xx", "5xx", "t/o", "conn err", "probe p50/p99/max ms", "probe fail",
+              "API cpu ms", "PG cpu ms"]  # fmt: skip
     body = []
     for r in rows:
+        ceiling = r["endpoint"] == "healthz"
         probe = r.get("healthz_probe")
-        body.append(
-            [
-                r["clients"],
-                r["endpoint"] + (" (ceiling)" if r["endpoint"] == "healthz" else ""),
-                f"{r['rps']:,.0f}",
-                "-" if r["endpoint"] == "healthz" else f"{r['rate_share']:.0%}",
-                ms(r["p50_ms"]),
-                ms(r["p99_ms"]),
-                "-" if r["endpoint"] == "healthz" else f"{r['p99_ratio']:.2f}",
-                r["status_4xx"],
-                r["status_5xx"],
-                r["timeouts"],
-                r["conn_errors"],
-                "-"
-                if probe is None
-                else "/".join(ms(probe[k]) for k in ("p50_ms", "p99_ms", "max_ms")),
-                "-" if probe is None else probe["failed"],
-            ]
-        )
+        body.append([
+            r["clients"],
+            r["endpoint"] + (" (ceiling)" if ceiling else ""),
+            f"{r['rps']:,.0f}",
+            "-" if ceiling else f"{r['rate_share']:.1%}",
+            ms(r["p50_ms"]),
+            ms(r["p99_ms"]),
+            "-" if ceiling else f"{r['p99_ratio']:.2f}",
+            r["status_4xx"],
+            r["status_5xx"],
+            r["timeouts"],
+            r["conn_errors"],
+            "-" if probe is None else "/".join(ms(probe[k]) for k in PROBE_MS),
+            "-" if probe is None else probe["failed"],
+            f"{r['api_cpu_ms_per_req']:.2f}",
+            f"{r['pg_cpu_ms_per_req']:.2f}",
+        ])  # fmt: skip
     table(title, header, body)
 
 

@@ -141,9 +141,10 @@ def stop(proc: subprocess.Popen[bytes]) -> None:
 
 @contextmanager
 def running_api(
-    tag: str, *, workers: int = 1, extra_env: dict[str, str] | None = None
+    tag: str, *, workers: int = 1, teacher: bool = True, extra_env: dict[str, str] | None = None
 ) -> Iterator[Setup]:
-    """Database, migrations, key, tiny catalog teacher and the API process, torn down after."""
+    """Database, migrations, key, tiny catalog teacher (unless teacher=False) and the API
+    process, torn down after."""
     folder = Path(tempfile.mkdtemp(prefix=f"distillery-bench-{tag}-"))
     queue = f"bench-{tag}-{os.getpid()}"
     with fresh_database(tag) as db_url:
@@ -162,7 +163,8 @@ def running_api(
         key = [x for x in _admin(env, "keys", "create", "--tenant", TENANT).split() if x][-1]
         # No active-job cap in the way: the bench creates thousands of queued jobs.
         _admin(env, "tenants", "set-limits", TENANT, "--max-active-jobs", "100000000")
-        save_teacher(folder / "models")
+        if teacher:
+            save_teacher(folder / "models")
         base_url, proc = start_api(env, folder, workers=workers)
         try:
             yield Setup(base_url=base_url, api_key=key, env=env, folder=folder, api=proc)
@@ -189,10 +191,14 @@ def upload_dataset(client: httpx.Client) -> str:
     return str(response.json()["id"])
 
 
-def job_body(dataset: str) -> dict[str, Any]:
+# Accepted without loading anything: only a worker would fetch it, and none runs here.
+HUB_TEACHER = "google-bert/bert-base-uncased"
+
+
+def job_body(dataset: str, teacher: str = "tiny-bert") -> dict[str, Any]:
     """A small, valid job: the tiny catalog teacher, a tiny student, no exports."""
     return {
-        "teacher": "tiny-bert",
+        "teacher": teacher,
         "dataset": dataset,
         "student": {
             "preset": None,

@@ -265,9 +265,9 @@ def main() -> None:
         ids, body = seed(setup, args.jobs)
         rows = measure(args, setup, targets(ids, body, setup.api_key))
     result = verdicts(rows)
-    kind = "SMOKE (cut: short runs, fewer levels; timings not comparable)" if args.smoke else "full"
+    kind = "SMOKE, cut: short runs, fewer levels" if args.smoke else "full run"
     title = (
-        f"API under load [{kind}] {datetime.now():%Y-%m-%d %H:%M}, "
+        f"API under load ({kind}) {datetime.now():%Y-%m-%d %H:%M}, "
         f"{env_info['cpu_count']} cores, {args.api_workers} uvicorn worker(s), "
         f"{env_info['generator']}, {args.duration:g} s per run"
         + (f", {args.label}" if args.label else "")

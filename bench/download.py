@@ -35,6 +35,7 @@ from _common import RESULTS_DIR, log, table, write_json
 from _server import (
     HUB_TEACHER,
     TENANT,
+    CpuMeter,
     Setup,
     job_body,
     process_memory,
@@ -190,6 +191,8 @@ def measure(args: argparse.Namespace, setup: Setup) -> dict[str, Any]:
     ways = ["disk", "httpx"] + (["curl"] if shutil.which("curl") else [])
     caches = ["cold", "warm"] if hasattr(os, "posix_fadvise") else ["warm"]
     seconds: dict[str, list[float]] = {f"{w} {c}": [] for c in caches for w in ways}
+    api_cpu: dict[str, list[float]] = {k: [] for k in seconds}
+    meter = CpuMeter(setup.api.pid, setup.env["DISTILLERY_DATABASE_URL"].rsplit("/", 1)[1])
     rss_peak: list[int] = []
     rss_before = process_memory(setup.api.pid)["VmRSS"]
     for n in range(args.rounds):
@@ -201,9 +204,11 @@ def measure(args: argparse.Namespace, setup: Setup) -> dict[str, Any]:
                     took, got = timed(read_disk, path)
                 else:
                     fn = download_httpx if way == "httpx" else download_curl
+                    cpu0, _ = meter.read()
                     with RssSampler(setup.api.pid) as sampler:
                         took, got = timed(fn, setup, url)
                     rss_peak.append(sampler.peak)
+                    api_cpu[f"{way} {cache}"].append(meter.read()[0] - cpu0)
                     if way == "httpx":
                         got, etag = got
                         if etag != f'"{sha256}"':
@@ -217,6 +222,10 @@ def measure(args: argparse.Namespace, setup: Setup) -> dict[str, Any]:
         "size_bytes": size,
         "seconds": seconds,
         "mib_per_s": {k: size / MIB / statistics.median(s) for k, s in seconds.items()},
+        # CPU seconds the API process spends per GiB sent: steadier than MiB/s on busy cores
+        "api_cpu_s_per_gib": {
+            k: statistics.median(v) * 1024 / args.size_mib for k, v in api_cpu.items() if v
+        },
         "api_rss_before_bytes": rss_before,
         "api_rss_peak_bytes": max(rss_peak),
         "api_vmhwm_bytes": process_memory(setup.api.pid)["VmHWM"],
@@ -233,7 +242,14 @@ def main() -> None:
     for key, mib_s in rate.items():
         way, cache = key.split()
         disk = rate[f"disk {cache}"]
-        rows.append([way, cache, f"{mib_s:,.0f}", "-" if way == "disk" else f"{mib_s / disk:.0%}"])
+        cpu = out["api_cpu_s_per_gib"].get(key)
+        rows.append([
+            way,
+            cache,
+            f"{mib_s:,.0f}",
+            "-" if way == "disk" else f"{mib_s / disk:.0%}",
+            "-" if cpu is None else f"{cpu:.2f}",
+        ])  # fmt: skip
     kind = "SMOKE, cut: 64 MiB, 2 rounds" if args.smoke else "full run"
     growth = out["api_rss_peak_bytes"] - out["api_rss_before_bytes"]
     title = (
@@ -242,7 +258,7 @@ def main() -> None:
         f"{out['api_rss_before_bytes'] / MIB:,.0f} MiB before, peak {growth / MIB:+,.1f} MiB "
         "while downloading" + (f", {args.label}" if args.label else "")
     )
-    table(title, ["reader", "page cache", "MiB/s", "of disk"], rows)
+    table(title, ["reader", "page cache", "MiB/s", "of disk", "API CPU s/GiB"], rows)
     shares = {
         f"httpx_share_of_disk_{c}": rate[f"httpx {c}"] / rate[f"disk {c}"]
         for c in ("cold", "warm")

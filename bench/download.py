@@ -56,8 +56,9 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--label", default="", help="a note stored with the results")
     p.add_argument("--output", default=None, help="JSON path (default bench/results/...)")
     args = p.parse_args()
-    if args.smoke:
-        args.size_mib, args.rounds = 64, 2
+    if args.smoke:  # smaller defaults; flags given explicitly still win
+        p.set_defaults(size_mib=64, rounds=2)
+        args = p.parse_args()
     return args
 
 

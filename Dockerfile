@@ -20,6 +20,11 @@ FROM base AS api
 RUN pip install '.[server]'
 USER distillery
 EXPOSE 8000
+# API processes (uvicorn reads WEB_CONCURRENCY): one Python process uses about one core, so
+# run one per core. Each has its own pool of up to DISTILLERY_DB_POOL_SIZE +
+# DISTILLERY_DB_MAX_OVERFLOW connections (10 + 10): keep processes x 20, plus the workers',
+# below Postgres' max_connections (100 by default).
+ENV WEB_CONCURRENCY=2
 CMD ["uvicorn", "app.main:create_app", "--factory", "--host", "0.0.0.0", "--port", "8000"]
 
 FROM base AS worker

@@ -21,6 +21,15 @@ class Settings(BaseSettings):
     # Every worker of a deployment should use the same path: resuming checks the teacher's.
     scratch_dir: Path | None = None
 
+    # The connection pool of each process. The API admits at most db_pool_size request sessions
+    # at once (app.deps), so no request waits on the pool while it holds a thread; the overflow
+    # serves event streams, /readyz and the like. Processes x (size + overflow) must stay below
+    # Postgres' max_connections (100 by default), the workers' connections included.
+    db_pool_size: int = Field(default=10, ge=1)
+    db_max_overflow: int = Field(default=10, ge=0)
+    # A request that waits longer than this for a session answers 503 server_busy, Retry-After.
+    db_pool_timeout_seconds: float = Field(default=10.0, gt=0)
+
     queue_name: str = "distill"
     # Webhooks have their own queue and a light worker, so a long training job never delays them.
     webhook_queue_name: str = "webhooks"

@@ -15,6 +15,7 @@ from app.config import get_settings
 
 
 def make_engine(url: str) -> Engine:
+    """SQLite for the embedded default; anything else with the pool sized by Settings."""
     if url.startswith("sqlite"):
         engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 30})
 
@@ -27,7 +28,14 @@ def make_engine(url: str) -> Engine:
             cur.close()
 
         return engine
-    return create_engine(url, pool_pre_ping=True)
+    settings = get_settings()
+    return create_engine(
+        url,
+        pool_pre_ping=True,
+        pool_size=settings.db_pool_size,
+        max_overflow=settings.db_max_overflow,
+        pool_timeout=settings.db_pool_timeout_seconds,
+    )
 
 
 @lru_cache(maxsize=4)
@@ -39,5 +47,11 @@ def get_engine() -> Engine:
     return _engine_for(get_settings().database_url)
 
 
+@lru_cache(maxsize=4)
+def _sessions_for(engine: Engine) -> sessionmaker[Session]:
+    # Built once: a sessionmaker makes a Session subclass, ~0.2 ms of CPU, too much per request.
+    return sessionmaker(bind=engine, expire_on_commit=False)
+
+
 def session_factory() -> sessionmaker[Session]:
-    return sessionmaker(bind=get_engine(), expire_on_commit=False)
+    return _sessions_for(get_engine())

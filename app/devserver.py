@@ -119,7 +119,8 @@ def main() -> None:
         flush=True,
     )
     try:
-        uvicorn.run("app.main:create_app", factory=True, host="127.0.0.1", port=8000)
+        # One process whatever WEB_CONCURRENCY says: SQLite takes one writer at a time.
+        uvicorn.run("app.main:create_app", factory=True, host="127.0.0.1", port=8000, workers=1)
     finally:
         for supervisor in supervisors:
             supervisor.stop()

@@ -8,9 +8,10 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from sqlalchemy.exc import DataError
+from sqlalchemy.exc import TimeoutError as PoolTimeout
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from app.errors import AppError, error_body, field_from_loc
+from app.errors import AppError, error_body, field_from_loc, server_busy
 
 log = logging.getLogger(__name__)
 
@@ -50,6 +51,12 @@ async def _data(_: Request, exc: DataError) -> JSONResponse:
     )
 
 
+async def _pool_timeout(request: Request, exc: PoolTimeout) -> JSONResponse:
+    # a connection outside the request gate (an event stream, /readyz) waited too long
+    log.warning("database pool exhausted: %s", exc)
+    return await _app_error(request, server_busy())
+
+
 async def _http(_: Request, exc: StarletteHTTPException) -> JSONResponse:
     if exc.status_code == 400:  # an unparsable body (bad JSON bytes, broken multipart)
         return JSONResponse(
@@ -76,5 +83,6 @@ def install_error_handlers(app: FastAPI) -> None:
     app.exception_handler(AppError)(_app_error)
     app.exception_handler(RequestValidationError)(_validation)
     app.exception_handler(DataError)(_data)
+    app.exception_handler(PoolTimeout)(_pool_timeout)
     app.exception_handler(StarletteHTTPException)(_http)
     app.exception_handler(Exception)(_unexpected)

@@ -31,6 +31,16 @@ class AppError(Exception):
         self.line = line
 
 
+def server_busy() -> AppError:
+    """Every database connection is in use for longer than the pool timeout: shed load."""
+    return AppError(
+        "server_busy",
+        "the server is busy; retry after a second",
+        503,
+        headers={"Retry-After": "1"},
+    )
+
+
 def error_body(
     code: str, message: str, field: str | None = None, line: int | None = None
 ) -> dict[str, Any]:

@@ -35,8 +35,9 @@ _NOT_READY: dict[str, Any] = {
 }
 
 
+# Liveness on the event loop: no thread and no database, so a busy pool never delays it.
 @router.get("/healthz")
-def healthz() -> dict[str, str]:
+async def healthz() -> dict[str, str]:
     return {"status": "ok"}
 
 

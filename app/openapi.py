@@ -86,6 +86,7 @@ CATALOGUE: dict[str, ErrorExample] = {
         429, "the tenant already has 100 queued or running jobs, its limit"
     ),
     "queue_unavailable": ErrorExample(503, "the job queue is unreachable; the job was not started"),
+    "server_busy": ErrorExample(503, "the server is busy; retry after a second"),
 }
 
 # What a bare status documents: the examples every route showed before routes named codes.

@@ -188,3 +188,36 @@ def test_a_large_download_streams_in_bounded_memory(
         tracemalloc.stop()
     assert digest.hexdigest() == hashlib.sha256(big).hexdigest()
     assert peak < 6 * CHUNK, f"peak {peak} bytes for a {len(big)} byte artifact"
+
+
+def test_read_ahead_keeps_the_order_and_closes_the_file_when_the_client_leaves() -> None:
+    import threading
+    from collections.abc import Iterator
+
+    import anyio
+
+    from app.artifacts.download import read_ahead
+
+    closed = threading.Event()
+
+    def chunks() -> Iterator[bytes]:
+        try:
+            for i in range(100):
+                yield bytes([i]) * 10
+        finally:
+            closed.set()
+
+    async def whole() -> list[bytes]:
+        return [c async for c in read_ahead(iter([b"a", b"b", b"c"]))]
+
+    source = chunks()  # held here, so only read_ahead can close it (not the garbage collector)
+
+    async def leave_after_two() -> list[bytes]:
+        stream = read_ahead(source)
+        got = [await anext(stream), await anext(stream)]
+        await stream.aclose()  # the client went away with the next read in flight
+        return got
+
+    assert anyio.run(whole) == [b"a", b"b", b"c"]
+    assert anyio.run(leave_after_two) == [bytes([0]) * 10, bytes([1]) * 10]
+    assert closed.wait(timeout=30), "the source was never closed"

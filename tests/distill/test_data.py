@@ -11,7 +11,7 @@ def _items(n: int) -> list[Encoded]:
 def test_last_partial_batch_is_kept_and_every_example_seen_once() -> None:
     batches = Batches(_items(10), batch_size=4, seed=0, pad_id=0)
     out = list(batches.epoch(stream=0, epoch=0))
-    assert len(batches) == 3 and [len(b["labels"]) for b in out] == [4, 4, 2]
+    assert len(batches) == 3 and sorted(len(b["labels"]) for b in out) == [2, 4, 4]
     assert sorted(int(x) for b in out for x in b["labels"]) == list(range(10))
 
 

@@ -114,11 +114,11 @@ def plan_cache(
     if settings.mode == "memory" or (
         settings.mode == "auto" and size <= settings.memory_mb * 2**20
     ):
-        return to("memory", f"within the {settings.memory_mb} MB budget")
+        return to("memory", "asked for" if settings.mode == "memory" else "within the budget")
     folder.mkdir(parents=True, exist_ok=True)
     free = shutil.disk_usage(folder).free
     if free - size >= DISK_HEADROOM:
-        return to("disk", f"over the {settings.memory_mb} MB budget")
+        return to("disk", "asked for" if settings.mode == "disk" else "over the memory budget")
     return CachePlan("off", size, dtype, tokens, features, f"only {free} bytes free", True)
 
 

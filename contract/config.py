@@ -167,7 +167,7 @@ class TeacherCacheConfig(_Frozen):
     """
 
     mode: Literal["auto", "memory", "disk", "off"] = "auto"
-    memory_mb: int = Field(default=2048, ge=0, le=1_048_576)
+    memory_mb: int = Field(default=2048, ge=0, le=65_536)
 
 
 class DistillationConfig(_Frozen):

@@ -116,8 +116,8 @@ class Hyperparameters(_Frozen):
     warmup_ratio: float | None = Field(default=None, ge=0.0, le=1.0)
     weight_decay: float = Field(default=0.01, ge=0.0, le=1.0)
     # bf16 autocast, fp32 master weights. auto: on a GPU that supports it and on a CPU with
-    # bf16 matrix instructions (AMX or AVX512-BF16), where it ran training steps about 1.8x
-    # faster (bench/throughput.py); off: float32 throughout.
+    # bf16 matrix instructions (AMX or AVX512-BF16), where a distillation step ran 1.6x faster
+    # on this project's AVX512-BF16 machine (a forward + backward 1.8x); off: float32.
     bf16: Literal["auto", "on", "off"] = "auto"
 
 

@@ -11,7 +11,8 @@ from workers.distill.errors import DistillError, Stopped
 from workers.distill.trainer import run
 
 
-def _run(config, teacher: Path, train, dev, workdir: Path, recorder: Recorder):  # noqa: ANN001, ANN202
+def _run(config, teacher: Path, train, dev, workdir: Path, recorder: Recorder, **kw):  # noqa: ANN001, ANN202
+    """stop_poll_s=0: should_stop() after every step, so Recorder(stop_at=n) stops at step n."""
     return run(
         config,
         teacher=str(teacher),
@@ -19,6 +20,7 @@ def _run(config, teacher: Path, train, dev, workdir: Path, recorder: Recorder): 
         validation=dev,
         workdir=workdir,
         callbacks=recorder,
+        **{"stop_poll_s": 0.0, **kw},
     )
 
 
@@ -171,13 +173,14 @@ def test_trimmed_vocabulary_student(teacher_dir, train_examples, dev_examples, t
 def test_training_on_labels_alone_never_runs_the_teacher(
     teacher_dir, train_examples, dev_examples, tmp_path
 ) -> None:
-    """With every teacher term at 0 the prediction stage skips the teacher's forward pass."""
+    """With every teacher term at 0 the prediction stage skips the teacher's forward pass; with
+    KD the teacher runs once a step, or, with its logits cached, once over the data in all."""
     import torch
 
     teacher_width = AutoModel.from_pretrained(teacher_dir).config.hidden_size
     assert teacher_width != 16  # tiny_config's student is 16 wide
 
-    def teacher_forwards(weights: dict, workdir: Path) -> tuple[int, list]:
+    def teacher_forwards(weights: dict, workdir: Path, cache: str) -> tuple[int, list]:
         calls: list[int] = []
 
         def spy(module, _args, _output) -> None:  # noqa: ANN001
@@ -186,21 +189,37 @@ def test_training_on_labels_alone_never_runs_the_teacher(
             ):
                 calls.append(1)
 
-        config = tiny_config(distillation={"intermediate": {"enabled": False}, "weights": weights})
+        distillation = {
+            "intermediate": {"enabled": False},
+            "prediction": {"epochs": 2},
+            "weights": weights,
+            "teacher_cache": {"mode": cache},
+        }
         rec = Recorder()
         handle = torch.nn.modules.module.register_module_forward_hook(spy)
         try:
-            _run(config, teacher_dir, train_examples, dev_examples, workdir, rec)
+            _run(
+                tiny_config(distillation=distillation),
+                teacher_dir,
+                train_examples,
+                dev_examples,
+                workdir,
+                rec,
+            )
         finally:
             handle.remove()
         return len(calls), [p for p in rec.progress if p.losses]
 
-    alone, steps = teacher_forwards({"prediction": 0, "hard_label": 1}, tmp_path / "labels")
-    with_kd, kd_steps = teacher_forwards({"prediction": 1, "hard_label": 1}, tmp_path / "kd")
+    labels = {"prediction": 0, "hard_label": 1}
+    kd = {"prediction": 1, "hard_label": 1}
+    alone, steps = teacher_forwards(labels, tmp_path / "labels", "auto")
+    live, kd_steps = teacher_forwards(kd, tmp_path / "kd", "off")
+    cached, cached_steps = teacher_forwards(kd, tmp_path / "cached", "auto")
     assert steps and all(set(p.losses) == {"hard_label", "total"} for p in steps)
-    assert len(steps) == len(kd_steps)
-    # Evaluation and export score the teacher in both runs; only KD adds one call a step.
-    assert alone > 0 and with_kd - alone == len(steps)
+    assert len(steps) == len(kd_steps) == len(cached_steps) == 6  # 2 epochs of 3 batches
+    # Evaluation and export score the teacher in every run; KD adds one call a step, or one
+    # pass over the 40 examples (a single batch of 64) to cache the logits.
+    assert alone > 0 and live - alone == len(steps) and cached - alone == 1
 
 
 def test_the_loss_falls_over_a_short_run(
@@ -293,6 +312,7 @@ def test_init_model_and_init_checkpoint_keep_the_configs_meaning(
             validation=dev_examples,
             workdir=workdir,
             callbacks=rec,
+            stop_poll_s=0.0,
             **init,
         )
         model = AutoModelForSequenceClassification.from_pretrained(result.export_dir)

@@ -27,7 +27,7 @@ from contract.records import Example
 from contract.vocab import EventType
 
 from .errors import DistillError
-from .features import autocast_for
+from .precision import autocast_for
 
 CACHE_VERSION = 1
 EventFn = Callable[[EventType, str, dict[str, Any]], None]
@@ -227,7 +227,9 @@ def _mlm_logits(
     for r, ids in enumerate(rows):
         input_ids[r, : len(ids)] = torch.tensor(ids)
         mask[r, : len(ids)] = 1
-    with torch.no_grad(), autocast_for(device, bf16=True):
+    # bf16 on a GPU only, as before hyperparameters.bf16: the candidates stay as they were
+    bf16 = device.type == "cuda" and torch.cuda.is_bf16_supported()
+    with torch.no_grad(), autocast_for(device, bf16=bf16):
         logits: torch.Tensor = mlm(
             input_ids=input_ids.to(device), attention_mask=mask.to(device)
         ).logits

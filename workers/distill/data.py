@@ -92,31 +92,80 @@ def collate(items: Sequence[Encoded], *, pad_id: int) -> Batch:
     return batch
 
 
+# Rows are sorted by length within chunks of this many batches, so a batch holds rows of
+# about one length: padding falls from ~48% of rt-polarity's tokens (random batches) to ~2%.
+# A chunk is drawn at random from the whole set, and the batches of all chunks are shuffled
+# together, so the order across lengths stays random.
+BUCKET_BATCHES = 50
+
+
 class Batches:
-    """Seeded batches of one dataset; the order of (stream, epoch) is a pure function of the seed.
+    """Seeded, length-bucketed batches of one dataset; the batches of (stream, epoch) are a pure
+    function of the seed.
 
     That makes the data-order state just (epoch, batch index): a resumed run rebuilds the same
-    permutation and skips what it has seen. The last partial batch is kept.
+    batches and skips what it has seen. The last partial batch is kept. Each batch also holds
+    "index", its rows' positions in `data` (what the teacher cache looks targets up by).
     """
 
-    def __init__(self, data: Sequence[Encoded], *, batch_size: int, seed: int, pad_id: int) -> None:
+    def __init__(
+        self,
+        data: Sequence[Encoded],
+        *,
+        batch_size: int,
+        seed: int,
+        pad_id: int,
+        bucket_batches: int = BUCKET_BATCHES,
+        pin_memory: bool = False,
+    ) -> None:
         if not data:
             raise DistillError("dataset_invalid", "no examples to train on")
         self.data = data
         self.batch_size = batch_size
         self.seed = seed
         self.pad_id = pad_id
+        self.bucket_batches = bucket_batches  # 0 or 1: plain random batches
+        self.pin_memory = pin_memory  # page-locked batches: asynchronous copies to a GPU
+        self.lengths = torch.tensor([len(e.input_ids) for e in data])
 
     def __len__(self) -> int:
         return math.ceil(len(self.data) / self.batch_size)
 
-    def epoch(self, *, stream: int, epoch: int, start: int = 0) -> Iterator[Batch]:
-        """Shuffled batches of `epoch` for a named stream (one per stage), from batch `start`."""
+    def plan(self, *, stream: int, epoch: int) -> list[list[int]]:
+        """The rows of every batch of `epoch` for a named stream (one per stage), in order."""
         g = torch.Generator().manual_seed(self.seed * 1_000_003 + stream * 10_007 + epoch)
-        order = torch.randperm(len(self.data), generator=g).tolist()
-        for b in range(start, len(self)):
-            chunk = order[b * self.batch_size : (b + 1) * self.batch_size]
-            yield collate([self.data[i] for i in chunk], pad_id=self.pad_id)
+        order = torch.randperm(len(self.data), generator=g)
+        size = self.batch_size
+        if self.bucket_batches <= 1:
+            return [order[i : i + size].tolist() for i in range(0, len(order), size)]
+        chunk = size * self.bucket_batches
+        batches: list[list[int]] = []
+        for start in range(0, len(order), chunk):
+            rows = order[start : start + chunk]
+            # stable: rows of one length keep their random order
+            rows = rows[torch.sort(self.lengths[rows], stable=True).indices]
+            batches += [rows[i : i + size].tolist() for i in range(0, len(rows), size)]
+        # only the last chunk can end in a partial batch; it moves with the rest
+        shuffled = torch.randperm(len(batches), generator=g).tolist()
+        return [batches[i] for i in shuffled]
+
+    def epoch(self, *, stream: int, epoch: int, start: int = 0) -> Iterator[Batch]:
+        """The batches of `epoch` for a named stream, from batch `start`."""
+        for rows in self.plan(stream=stream, epoch=epoch)[start:]:
+            batch = collate([self.data[i] for i in rows], pad_id=self.pad_id)
+            batch["index"] = torch.tensor(rows)
+            if self.pin_memory:
+                batch = {k: v.pin_memory() for k, v in batch.items()}
+            yield batch
+
+    def padding_fraction(self, *, stream: int, epoch: int) -> float:
+        """Padding tokens / all tokens over the batches of one epoch (cost: no collation)."""
+        padded = real = 0
+        for rows in self.plan(stream=stream, epoch=epoch):
+            lengths = self.lengths[rows]
+            padded += int(lengths.max()) * len(rows)
+            real += int(lengths.sum())
+        return 1.0 - real / padded
 
     def in_order(self, batch_size: int | None = None) -> Iterator[Batch]:
         size = batch_size or self.batch_size

@@ -1,14 +1,14 @@
 """One forward pass -> what the losses read: logits, hidden states, captured q/k/v.
 
-`TeacherTargets` is the seam for later speed work (caching teacher outputs, a faster runtime):
-a step asks it for a batch's targets and does not care how they were made.
+`Targets` is the teacher's seam: a step asks it for a batch's targets and does not care how
+they were made (a forward pass here, or read back from teacher_cache.TeacherCache).
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from contextlib import AbstractContextManager, nullcontext
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from typing import Protocol
 
 import torch
 from torch import Tensor
@@ -16,20 +16,25 @@ from transformers import PreTrainedModel
 
 from .capture import Projection, QKVCapture
 from .data import Batch
+from .precision import autocast_for
 
 
 @dataclass
 class Features:
     logits: Tensor | None  # (b, C); None for a model without a head
-    hidden: tuple[Tensor, ...]  # (num_layers + 1) x (b, L, d); [0] is the embedding output
-    qkv: dict[tuple[int, Projection], Tensor]  # (0-based layer, projection) -> (b, L, H*d)
+    hidden: Mapping[int, Tensor]  # layer -> (b, L, d); 0 is the embedding output
+    qkv: Mapping[tuple[int, Projection], Tensor]  # (0-based layer, projection) -> (b, L, H*d)
 
 
-def autocast_for(device: torch.device, *, bf16: bool) -> AbstractContextManager[object]:
-    """bf16 autocast on a GPU that supports it; plain float32 elsewhere."""
-    if device.type == "cuda" and bf16 and torch.cuda.is_bf16_supported():
-        return torch.autocast(device_type="cuda", dtype=torch.bfloat16)
-    return nullcontext()
+class Targets(Protocol):
+    """The teacher's side of a step: a batch's targets, however they are made."""
+
+    def prepare(self, stopping: Callable[[], bool]) -> bool:
+        """Work before the first step; False when `stopping()` interrupted it."""
+        ...
+
+    def __call__(self, batch: Batch, *, hidden: bool = True) -> Features: ...
+    def close(self) -> None: ...
 
 
 def on_device(model: PreTrainedModel, device: torch.device) -> PreTrainedModel:
@@ -59,13 +64,14 @@ class FeatureModel:
         self.capture = QKVCapture(model, capture_layers, values=values) if capture_layers else None
 
     def inputs(self, batch: Batch) -> dict[str, Tensor]:
-        ids = batch["input_ids"].to(self.device)
+        # non_blocking: a pinned host batch overlaps its copy with GPU work; a no-op on the CPU
+        ids = batch["input_ids"].to(self.device, non_blocking=True)
         if self.input_map is not None:
             ids = self.input_map[ids]
         return {
             "input_ids": ids,
-            "attention_mask": batch["attention_mask"].to(self.device),
-            "token_type_ids": batch["token_type_ids"].to(self.device),
+            "attention_mask": batch["attention_mask"].to(self.device, non_blocking=True),
+            "token_type_ids": batch["token_type_ids"].to(self.device, non_blocking=True),
         }
 
     def __call__(self, batch: Batch, *, hidden: bool = True) -> Features:
@@ -75,7 +81,7 @@ class FeatureModel:
             out = self.model(**self.inputs(batch), output_hidden_states=hidden)
         return Features(
             logits=getattr(out, "logits", None),
-            hidden=tuple(out.hidden_states) if hidden else (),
+            hidden=dict(enumerate(out.hidden_states)) if hidden else {},
             qkv=dict(self.capture.outputs) if self.capture is not None else {},
         )
 
@@ -85,7 +91,10 @@ class FeatureModel:
 
 
 class TeacherTargets(FeatureModel):
-    """The teacher's side of a step, without gradients."""
+    """The teacher's side of a step, without gradients: a forward pass every step."""
+
+    def prepare(self, stopping: Callable[[], bool]) -> bool:
+        return True
 
     def __call__(self, batch: Batch, *, hidden: bool = True) -> Features:
         with torch.no_grad():

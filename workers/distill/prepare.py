@@ -128,13 +128,20 @@ class PlannedStage:
         return self.settings.epochs * len(self.data)
 
 
-def plan_stages(ready: Prepared) -> list[PlannedStage]:
-    """The stages this task runs, in order; a teacher without a head for the labels gets one."""
+def plan_stages(ready: Prepared, *, pin_memory: bool = False) -> list[PlannedStage]:
+    """The stages this task runs, in order; a teacher without a head for the labels gets one.
+    `pin_memory`: batches in page-locked memory, for asynchronous copies to a GPU."""
     config, task = ready.config, ready.config.task
     d, hp = config.distillation, config.hyperparameters
 
     def stage(name: Stage, settings: StageConfig, data: list[Encoded]) -> PlannedStage:
-        batches = Batches(data, batch_size=hp.batch_size, seed=config.seed, pad_id=ready.pad_id)
+        batches = Batches(
+            data,
+            batch_size=hp.batch_size,
+            seed=config.seed,
+            pad_id=ready.pad_id,
+            pin_memory=pin_memory,
+        )
         return PlannedStage(name, settings, batches)
 
     stages: list[PlannedStage] = []

@@ -19,7 +19,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Literal, Protocol
 
 import torch
 from torch import Tensor, nn
@@ -31,9 +31,10 @@ from contract.vocab import Stage, Task
 from .capture import Projection
 from .data import Batch
 from .errors import DistillError
-from .features import FeatureModel, Features, TeacherTargets
+from .features import FeatureModel, Features, Targets, TeacherTargets
 from .layer_map import layer_map
 from .losses import LOSSES, attention_scores
+from .precision import use_bf16
 from .student import Projections, Student
 from .teacher import Teacher
 
@@ -74,6 +75,21 @@ class Term:
         return sum(values[1:], values[0])
 
 
+@dataclass(frozen=True)
+class TargetSpec:
+    """What a stage's terms read from the teacher: what a cache of its targets must hold."""
+
+    hidden: tuple[int, ...]  # hidden states, by layer (0 = embedding output)
+    qkv: tuple[tuple[int, Projection], ...]  # captured projections, by 0-based block
+    logits: bool
+
+
+class TargetCache(Protocol):
+    """Turns the teacher's live targets into ones computed once (teacher_cache.py)."""
+
+    def __call__(self, live: TeacherTargets, spec: TargetSpec) -> Targets: ...
+
+
 class Step:
     """One batch -> {term name: loss, ..., "total": sum of weight * loss}; no backward."""
 
@@ -82,7 +98,7 @@ class Step:
         terms: Sequence[Term],
         *,
         model: FeatureModel,
-        teacher: TeacherTargets | None,
+        teacher: Targets | None,
         device: torch.device,
     ) -> None:
         if any(t.reads_teacher for t in terms) and teacher is None:
@@ -93,11 +109,16 @@ class Step:
         self.device = device
         self.hidden = any(t.feature == "hidden" for t in terms)
 
+    def prepare(self, stopping: Callable[[], bool]) -> bool:
+        """The teacher's work before the first step (a cache to build); False if stopped."""
+        return self.teacher is None or self.teacher.prepare(stopping)
+
     def __call__(self, batch: Batch) -> dict[str, Tensor]:
-        batch = {k: v.to(self.device) for k, v in batch.items()}
-        f_s = self.model(batch, hidden=self.hidden)
+        on_device = {k: v.to(self.device, non_blocking=True) for k, v in batch.items()}
+        f_s = self.model(on_device, hidden=self.hidden)
+        # the host batch: a cache looks its rows up on the host, without a device sync
         f_t = self.teacher(batch, hidden=self.hidden) if self.teacher is not None else None
-        sides = Sides(f_s, f_t, batch)
+        sides = Sides(f_s, f_t, on_device)
         parts = {term.name: term(sides) for term in self.terms}
         total = torch.zeros((), device=self.device)
         for term in self.terms:
@@ -122,8 +143,10 @@ def distill_step(
     teacher: Teacher,
     student: Student,
     device: torch.device,
+    cache: TargetCache | None = None,
 ) -> Step:
-    """The student in train mode against the teacher in eval mode (its targets deterministic)."""
+    """The student in train mode against the teacher in eval mode (its targets deterministic),
+    whose targets `cache` may compute once instead of every step."""
     t_cfg, s_cfg = teacher.model.config, student.model.config
     match = Match.of(config, t_cfg, s_cfg)
     if stage == "prediction_distill":
@@ -134,26 +157,41 @@ def distill_step(
         )
     capture = any(t.feature in ("attention", "relation") for t in terms)
     values = any(t.feature == "relation" for t in terms)
+    bf16 = use_bf16(config, device)
     student.model.train()
     model = FeatureModel(
         student.model,
         capture_layers=range(s_cfg.num_hidden_layers) if capture else (),
         values=values,
         device=device,
-        bf16=config.bf16,
+        bf16=bf16,
         input_map=student.vocab.input_map,
     )
-    targets = None
+    targets: Targets | None = None
     if any(t.reads_teacher for t in terms):
         teacher.model.train(False)  # eval mode: no dropout in the targets
-        targets = TeacherTargets(
+        live = TeacherTargets(
             teacher.model,
             capture_layers=[g - 1 for g in match.mapping] if capture else (),
             values=values,
             device=device,
-            bf16=config.bf16,
+            bf16=bf16,
         )
+        targets = live if cache is None else cache(live, target_spec(terms, match, values))
     return Step(terms, model=model, teacher=targets, device=device)
+
+
+def target_spec(terms: Sequence[Term], match: Match, values: bool) -> TargetSpec:
+    """The teacher tensors `terms` read: matched layers only, so a cache holds no more."""
+    read = {t.feature for t in terms if t.reads_teacher}
+    names: tuple[Projection, ...] = ("query", "key", "value") if values else ("query", "key")
+    blocks = sorted({g - 1 for g in match.mapping})
+    attends = bool(read & {"attention", "relation"})
+    return TargetSpec(
+        hidden=tuple(sorted({0, *match.mapping})) if "hidden" in read else (),
+        qkv=tuple((b, n) for b in blocks for n in names) if attends else (),
+        logits="logits" in read,
+    )
 
 
 def finetune_step(teacher: Teacher, *, device: torch.device, bf16: bool) -> Step:

@@ -5,15 +5,17 @@
     ├─ prepare, plan_stages              prepare.py
     ├─ for each stage
     │   ├─ finetune_step | distill_step  steps.py: a table of loss terms
-    │   └─ train_stage                   AdamW, transformers' scheduler, checkpoints, stop polls
+    │   │   └─ teacher targets           teacher_cache.py: computed once per stage, not per step
+    │   └─ train_stage                   fused AdamW, transformers' scheduler, checkpoints;
+    │                                    losses synced and stop polled in bursts (steplog.py)
     └─ finish                            finish.py: evaluation, latency, export, metrics.json
 """
 
 from __future__ import annotations
 
-import math
 import random
 from collections.abc import Sequence
+from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -33,10 +35,13 @@ from .callbacks import Callbacks, Event, Progress, Reporter
 from .errors import DistillError, Stopped
 from .features import on_device
 from .finish import RunResult, finish
+from .precision import use_bf16
 from .prepare import PlannedStage, Prepared, plan_stages, prepare
+from .steplog import StepLog, StopPoll
 from .steps import Step, distill_step, finetune_step
 from .student import Student, create_student
 from .teacher import reload_finetuned
+from .teacher_cache import TeacherCache, stage_cache
 
 __all__ = [
     "Callbacks",
@@ -51,6 +56,9 @@ __all__ = [
 # transformers' schedule names for the config's; "constant" keeps its warm-up
 SCHEDULERS = {"linear": "linear", "cosine": "cosine", "constant": "constant_with_warmup"}
 MAX_GRAD_NORM = 1.0
+# should_stop() is a database read in the service: asked at most this often (and at every
+# checkpoint), so a cancel takes effect within about a second plus one step
+STOP_POLL_S = 1.0
 
 
 def run(
@@ -63,11 +71,15 @@ def run(
     callbacks: Callbacks,
     init_model: str | None = None,
     init_checkpoint: Path | None = None,
+    stop_poll_s: float = STOP_POLL_S,
 ) -> RunResult:
     """Distil `teacher` into a student on `train`; resumes from checkpoint_dir(workdir).
 
     `teacher` and `init_model` are local folders (or hub ids) the caller resolved from the
     config's names; `init_checkpoint` is another run's checkpoint file to start the student from.
+    Progress arrives in bursts: every step, in order, with its own losses, but reported when
+    should_stop() is next asked (every `stop_poll_s` seconds; 0: after every step) or a
+    checkpoint is written.
     """
     workdir = Path(workdir)
     report = Reporter(callbacks)
@@ -82,9 +94,10 @@ def run(
         device=device,
         report=report,
     )
-    stages = plan_stages(ready)
+    stages = plan_stages(ready, pin_memory=device.type == "cuda")
     report.total_steps = sum(s.steps for s in stages)
     checkpoints = Checkpoints(workdir, ready, report)
+    loop = Loop(ready, checkpoints, StopPoll(report, stop_poll_s), device, workdir)
     resumed = checkpoints.resume()
     start = resumed.stage_index if resumed is not None else 0
 
@@ -105,10 +118,10 @@ def run(
             if stage.name == "teacher_finetune":
                 reload_finetuned(ready.teacher, ckpt.teacher_dir(workdir))
         elif stage.name == "teacher_finetune":
-            finetune_teacher(index, stage, ready, checkpoints, state=state, device=device)
+            finetune_teacher(loop, index, stage, state=state)
         else:
             student = student or new_student(state=state)
-            distill(index, stage, ready, student, checkpoints, state=state, device=device)
+            distill(loop, index, stage, student, state=state)
     if student is None:  # every stage was done before this process started
         student = new_student(state=resumed)
     return finish(
@@ -116,63 +129,131 @@ def run(
     )
 
 
+@dataclass(frozen=True)
+class Loop:
+    """What every stage of one run shares."""
+
+    ready: Prepared
+    checkpoints: Checkpoints
+    poll: StopPoll
+    device: torch.device
+    workdir: Path
+
+    @property
+    def bf16(self) -> bool:
+        return use_bf16(self.ready.config, self.device)
+
+
 def finetune_teacher(
-    index: int,
-    stage: PlannedStage,
-    ready: Prepared,
-    checkpoints: Checkpoints,
-    *,
-    state: ckpt.Checkpoint | None,
-    device: torch.device,
+    loop: Loop, index: int, stage: PlannedStage, *, state: ckpt.Checkpoint | None
 ) -> None:
     """Give the teacher a head for the labels; saved whole for the stages after it."""
-    teacher = ready.teacher
-    teacher.model = on_device(teacher.model, device)
+    teacher = loop.ready.teacher
+    teacher.model = on_device(teacher.model, loop.device)
     if state is not None and state.teacher is not None:
         teacher.model.load_state_dict(state.teacher)
-    step = finetune_step(teacher, device=device, bf16=ready.config.bf16)
+    step = finetune_step(teacher, device=loop.device, bf16=loop.bf16)
     params = list(teacher.model.named_parameters())
-    train_stage(index, stage, step, params, ready.config, checkpoints, state=state, student=None)
+    train_stage(loop, index, stage, step, params, state=state, student=None)
     teacher.has_head = True
 
 
 def distill(
+    loop: Loop,
     index: int,
     stage: PlannedStage,
-    ready: Prepared,
     student: Student,
-    checkpoints: Checkpoints,
     *,
     state: ckpt.Checkpoint | None,
-    device: torch.device,
 ) -> None:
-    """One distillation stage: the student against the teacher's targets."""
-    ready.teacher.model = on_device(ready.teacher.model, device)
+    """One distillation stage: the student against the teacher's targets, computed once."""
+    ready = loop.ready
+    ready.teacher.model = on_device(ready.teacher.model, loop.device)
+    assert stage.settings.epochs is not None  # resolved
+    cache = stage_cache(
+        ready.config.distillation.teacher_cache,
+        data=stage.data.data,
+        epochs=stage.settings.epochs,
+        bf16=loop.bf16,
+        folder=loop.workdir / "teacher-cache",
+        name=f"{stage.name}-{ready.fingerprint[:16]}",
+        key=f"{ready.fingerprint}:{index}",
+        pad_id=ready.pad_id,
+        batch_size=stage.data.batch_size,
+        labels=max(1, len(ready.teacher.labels)),
+    )
     step = distill_step(
-        stage.name, ready.config, teacher=ready.teacher, student=student, device=device
+        stage.name,
+        ready.config,
+        teacher=ready.teacher,
+        student=student,
+        device=loop.device,
+        cache=cache,
     )
     params = list(student.model.named_parameters())
     if stage.name != "prediction_distill":  # W_e and W_h serve the intermediate terms only
         params += [(f"projections.{n}", p) for n, p in student.projections.named_parameters()]
-    train_stage(index, stage, step, params, ready.config, checkpoints, state=state, student=student)
+    train_stage(loop, index, stage, step, params, state=state, student=student)
+    if isinstance(step.teacher, TeacherCache):
+        step.teacher.drop()  # the stage is done: its memory and its file go
 
 
 def train_stage(
+    loop: Loop,
     index: int,
     stage: PlannedStage,
     step_fn: Step,
     params: Sequence[tuple[str, nn.Parameter]],
-    config: DistillConfig,
-    checkpoints: Checkpoints,
     *,
     state: ckpt.Checkpoint | None,
     student: Student | None,
 ) -> None:
     """The loop: optimizer steps from where `state` left off to the stage's end."""
+    config, report, poll = loop.ready.config, loop.checkpoints.report, loop.poll
     optimizer, scheduler = make_optimizer(stage, params, config.hyperparameters.weight_decay)
     step = resume_stage(state, optimizer, scheduler)
-    report = checkpoints.report
-    report.event(
+    started(loop, index, stage, step)
+    save = partial(
+        loop.checkpoints.save,
+        index,
+        stage=stage,
+        student=student,
+        optimizer=optimizer,
+        scheduler=scheduler,
+    )
+    trainable = [p for _, p in params]
+    log = StepLog(report, stage.name, every=config.log_every_steps)
+    try:
+        if not step_fn.prepare(poll.stopping):  # the teacher's targets, built once
+            save(step)
+            raise Stopped(f"stopped at step {report.step}")
+        cache_report(report, stage, step_fn)
+        while step < stage.steps:
+            epoch, first = divmod(step, len(stage.data))
+            for batch in stage.data.epoch(stream=index, epoch=epoch, start=first):
+                losses = optimizer_step(step_fn(batch), optimizer, scheduler, trainable)
+                step += 1
+                log.add(losses, float(scheduler.get_last_lr()[0]))
+                due = step < stage.steps and log.global_step % config.checkpoint_every_steps == 0
+                if due or poll.due():
+                    log.flush()
+                    if poll.ask():
+                        save(step)
+                        raise Stopped(f"stopped at step {report.step}")
+                if due:
+                    save(step)
+        log.flush()
+    finally:
+        step_fn.close()  # the hooks go; the next stage sets its own
+    save(step)
+    data: dict[str, Any] = {"stage": stage.name, "step": report.step, "losses": log.last}
+    report.event("stage_finished", f"{stage.name} finished", data | cache_report_data(step_fn))
+
+
+def started(loop: Loop, index: int, stage: PlannedStage, step: int) -> None:
+    """The stage_started event: its plan, and the padding its batches carry."""
+    epoch = min(step // len(stage.data), (stage.settings.epochs or 1) - 1)
+    loop.checkpoints.report.event(
         "stage_started",
         f"{stage.name} started",
         {
@@ -181,47 +262,47 @@ def train_stage(
             "epochs": stage.settings.epochs,
             "learning_rate": stage.settings.learning_rate,
             "resumed_at_step": step,
+            "bf16": loop.bf16,
+            "padding_fraction": round(stage.data.padding_fraction(stream=index, epoch=epoch), 4),
         },
     )
-    save = partial(
-        checkpoints.save,
-        index,
-        stage=stage,
-        student=student,
-        optimizer=optimizer,
-        scheduler=scheduler,
-    )
-    trainable = [p for _, p in params]
-    losses: dict[str, float] = {}
-    try:
-        while step < stage.steps:
-            epoch, first = divmod(step, len(stage.data))
-            for batch in stage.data.epoch(stream=index, epoch=epoch, start=first):
-                losses = optimizer_step(step_fn(batch), optimizer, scheduler, trainable)
-                step += 1
-                log_step(report, stage, losses, scheduler, every=config.log_every_steps)
-                if report.should_stop():
-                    save(step)
-                    raise Stopped(f"stopped at step {report.step}")
-                if step < stage.steps and report.step % config.checkpoint_every_steps == 0:
-                    save(step)
-    finally:
-        step_fn.close()  # the hooks go; the next stage sets its own
-    save(step)
+
+
+def cache_report(report: Reporter, stage: PlannedStage, step_fn: Step) -> None:
+    """Where the teacher's targets went, their bytes and the time the pass took."""
+    data = cache_report_data(step_fn)
+    if not data:
+        return
+    summary = data["teacher_cache"]
     report.event(
         "stage_finished",
-        f"{stage.name} finished",
-        {"stage": stage.name, "step": report.step, "losses": losses},
+        f"teacher targets for {stage.name}: {summary['where']} ({summary['bytes']:,} bytes, "
+        f"{summary['build_s']:.1f} s)",
+        {"phase": "teacher_cache", "distill_stage": stage.name, **summary},
+        level="warning" if summary["warning"] else "info",
     )
+
+
+def cache_report_data(step_fn: Step) -> dict[str, Any]:
+    if not isinstance(step_fn.teacher, TeacherCache):
+        return {}
+    return {"teacher_cache": step_fn.teacher.stats.summary()}
 
 
 def make_optimizer(
     stage: PlannedStage, params: Sequence[tuple[str, nn.Parameter]], weight_decay: float
 ) -> tuple[Optimizer, LRScheduler]:
-    """AdamW and the stage's schedule from transformers: warm-up, then linear/cosine/constant."""
+    """AdamW and the stage's schedule from transformers: warm-up, then linear/cosine/constant.
+
+    Fused AdamW (one kernel over all tensors) where torch has it for the parameters' device:
+    on a 14M-parameter student it took 28 ms a step on one CPU core, against 185 ms for the
+    per-tensor loop and 155 ms for foreach.
+    """
     s = stage.settings
     assert s.learning_rate is not None and s.warmup_ratio is not None and s.schedule is not None
-    optimizer = AdamW(param_groups(params, weight_decay), lr=s.learning_rate)
+    groups = param_groups(params, weight_decay)
+    fused = all(p.device.type in ("cpu", "cuda") and p.is_floating_point() for _, p in params)
+    optimizer = AdamW(groups, lr=s.learning_rate, fused=fused, foreach=None if fused else True)
     scheduler = get_scheduler(
         SCHEDULERS[s.schedule],
         optimizer,
@@ -250,36 +331,16 @@ def optimizer_step(
     optimizer: Optimizer,
     scheduler: LRScheduler,
     trainable: Sequence[nn.Parameter],
-) -> dict[str, float]:
-    """backward, clip, step; the step's loss components as numbers."""
+) -> dict[str, Tensor]:
+    """backward, clip, step; the step's loss components, still on the device (no host sync)."""
     total = losses["total"]
     optimizer.zero_grad(set_to_none=True)
     if total.requires_grad:  # False only when every term of the stage weighs 0
         total.backward()  # type: ignore[no-untyped-call]  # unannotated in torch
-    nn.utils.clip_grad_norm_(trainable, MAX_GRAD_NORM)
+    nn.utils.clip_grad_norm_(trainable, MAX_GRAD_NORM, foreach=True)
     optimizer.step()
     scheduler.step()
-    return {k: float(v.detach()) for k, v in losses.items()}
-
-
-def log_step(
-    report: Reporter,
-    stage: PlannedStage,
-    losses: dict[str, float],
-    scheduler: LRScheduler,
-    *,
-    every: int,
-) -> None:
-    """Progress after every step, a loss event every `every` steps; a non-finite loss ends it."""
-    if not math.isfinite(losses["total"]):
-        raise DistillError("training_diverged", f"{stage.name}: loss is {losses['total']}")
-    report.stepped(stage.name, losses, float(scheduler.get_last_lr()[0]))
-    if report.step % every == 0:
-        report.event(
-            "loss",
-            f"step {report.step}: loss {losses['total']:.4f}",
-            {"stage": stage.name, "step": report.step, "losses": losses},
-        )
+    return losses
 
 
 class Checkpoints:

@@ -4,7 +4,8 @@ job.json (paths relative to the file's folder):
     {"teacher": "path/or/hub-id", "train": "train.jsonl", "validation": "dev.jsonl",
      "workdir": "run", "config": {...DistillConfig...}}
 Only "teacher" and "train" are required. Rerunning the same job resumes from its checkpoint;
-Ctrl-C stops after the current step with a checkpoint written.
+Ctrl-C stops within about a second (the engine asks at most once a second), with a checkpoint
+written.
 """
 
 from __future__ import annotations

@@ -43,6 +43,10 @@ def server(tmp_path: Path, database: str, queue: redis.Redis) -> Iterator[str]:
     log = tmp_path / "api.log"
     argv = [sys.executable, "-m", "uvicorn", "app.main:create_app", "--factory"]
     argv += ["--host", "127.0.0.1", "--port", str(port), "--log-level", "warning", "--workers", "1"]
+    # A pooled connection idle past uvicorn's keep-alive (5 s) can be closed by the server just
+    # as the client reuses it: HTTP/1.1's keep-alive race, a ReadError that says nothing about
+    # load. Longer than the test, so only a real failure shows.
+    argv += ["--timeout-keep-alive", "300"]
     with log.open("wb") as out:
         proc = subprocess.Popen(argv, cwd=ROOT, env=os.environ.copy(), stdout=out, stderr=out)
     base_url = f"http://127.0.0.1:{port}"

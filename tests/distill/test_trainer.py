@@ -97,6 +97,26 @@ def test_resume_refuses_another_config(teacher_dir, train_examples, dev_examples
     assert info.value.code == "checkpoint_mismatch"
 
 
+def test_other_export_settings_still_resume(
+    teacher_dir, train_examples, dev_examples, tmp_path
+) -> None:
+    """Export acts after training: asking for other ONNX or timing settings keeps the run."""
+    config = tiny_config()
+    with pytest.raises(Stopped):
+        _run(config, teacher_dir, train_examples, dev_examples, tmp_path, Recorder(stop_at=2))
+    export = config.export.model_copy(update={"int8": not config.export.int8, "latency_runs": 2})
+    resumed = Recorder()
+    _run(
+        config.model_copy(update={"export": export}),
+        teacher_dir,
+        train_examples,
+        dev_examples,
+        tmp_path,
+        resumed,
+    )
+    assert resumed.curve()[0][1] == 3
+
+
 def test_regression_on_text_pairs(tmp_path, vocab) -> None:
     from tests.factories import save_tiny_bert
 

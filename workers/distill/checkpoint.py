@@ -72,8 +72,9 @@ def run_fingerprint(
 
     The teacher counts by content, not by path, so a caller may hand the same teacher over from
     another folder on resume. Cost: one pass over its weights (about a second for BERT-base).
+    `export` (ONNX, timing runs) acts only after training, so it never refuses a resume.
     """
-    canonical = json.dumps(json.loads(config.model_dump_json()), sort_keys=True)
+    canonical = json.dumps(config.model_dump(mode="json", exclude={"export"}), sort_keys=True)
     splits = [json.dumps([[e.text, e.text_pair, e.label] for e in s]) for s in (train, validation)]
     return fingerprint(canonical, weights_digest(teacher), *splits)
 

@@ -166,7 +166,7 @@ class DistilleryClient:
         return self._pages("/v1/jobs", Page[Job], params, after)
 
     def cancel_job(self, job_id: str) -> Job:
-        """Queued jobs end at once, running ones at their next step; 409 once a job ended."""
+        """Queued jobs end at once, running ones within about a second; 409 once a job ended."""
         return parse(Job, self._json("POST", f"/v1/jobs/{_q(job_id)}/cancel"))
 
     def events(

@@ -4,7 +4,7 @@ and end it through the lifecycle.
 Failure model: a SIGKILLed worker leaves a stale heartbeat and an unacknowledged message;
 whichever comes first, the broker's redelivery or the reaper, hands the job to another
 worker, which restores the last checkpoint from storage and resumes. SIGTERM checkpoints and
-hands the job back. A worker that finds it no longer owns its job stops at the next step.
+hands the job back. A worker that finds it no longer owns its job stops within about a second.
 """
 
 from __future__ import annotations

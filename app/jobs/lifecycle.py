@@ -50,7 +50,7 @@ MOVES: dict[Transition, Move] = {
     "hand_back": Move(frozenset({_R}), _Q),  # its worker is shutting down (SIGTERM)
     "requeue": Move(frozenset({_R}), _Q),  # the reaper, for a worker that vanished
     "resend": Move(frozenset({_Q}), _Q),  # the reaper, for a message the broker lost
-    "request_cancel": Move(frozenset({_R}), _R),  # its worker stops at the next step
+    "request_cancel": Move(frozenset({_R}), _R),  # its worker stops within about a second
     "cancel": Move(frozenset({_Q}), JobStatus.cancelled),
     "confirm_cancel": Move(frozenset({_R}), JobStatus.cancelled),
     "succeed": Move(frozenset({_R}), JobStatus.succeeded),
@@ -222,7 +222,7 @@ def request_cancel(session: Session, job: Job) -> bool:
     """A running job is asked to stop; its worker ends it with `confirm_cancel`."""
     if not _move(session, job, "request_cancel", cancel_requested=True):
         return False
-    _event(session, job, "cancel_requested", "cancel requested; stopping at the next step")
+    _event(session, job, "cancel_requested", "cancel requested; stopping within about a second")
     return True
 
 

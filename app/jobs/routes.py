@@ -122,7 +122,7 @@ def cancel_job(
     tenant: TenantDep,
     idempotency_key: IdempotencyKeyHeader = None,
 ) -> JobPublic:
-    """Queued: cancelled at once. Running: stops within one step, keeping its last checkpoint.
+    """Queued: cancelled at once. Running: stops within about a second, keeping its last checkpoint.
     Idempotent; a job that already succeeded or failed answers 409."""
     return service.to_public(service.cancel_job(session, tenant_id=tenant, job_id=job_id))
 

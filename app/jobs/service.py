@@ -316,7 +316,7 @@ def list_jobs(
 
 
 def cancel_job(session: Session, *, tenant_id: str, job_id: str) -> Job:
-    """Queued jobs end at once; running ones stop at their next step. Idempotent."""
+    """Queued jobs end at once; running ones stop within about a second. Idempotent."""
     job = get_job(session, tenant_id=tenant_id, job_id=job_id)
     if job.status != JobStatus.cancelled:
         if not lifecycle.cancel(session, job):

@@ -127,7 +127,7 @@ def get(ctx: typer.Context, job_id: IdArg, as_json: JsonOpt = False) -> None:
 
 @app.command("cancel")
 def cancel(ctx: typer.Context, job_id: IdArg, as_json: JsonOpt = False) -> None:
-    """Cancel a job: a queued one at once, a running one at its next step."""
+    """Cancel a job: a queued one at once, a running one within about a second."""
     with connect(ctx, as_json) as client:
         job = client.cancel_job(job_id)
     if as_json:

@@ -30,7 +30,7 @@ if TYPE_CHECKING:  # the real import waits until the job is sound (it loads torc
 
 
 class ConsoleCallbacks:
-    """Progress on stderr; SIGINT asks the run to stop at the next step."""
+    """Progress on stderr; SIGINT asks the run to stop within about a second."""
 
     def __init__(self, *, every: int) -> None:
         self.every = every

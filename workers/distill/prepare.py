@@ -3,7 +3,7 @@ augmentation, the student's vocabulary, and the stages planned from all of it.""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
@@ -16,6 +16,7 @@ from .callbacks import Reporter
 from .checkpoint import run_fingerprint
 from .data import Batches, Encoded, encode, holdout
 from .errors import DistillError
+from .losses import NO_CLASS
 from .teacher import Teacher, load_teacher
 from .trim_vocab import StudentVocab, student_vocab
 
@@ -25,7 +26,9 @@ class Prepared:
     config: DistillConfig  # resolved: every default filled in
     teacher: Teacher
     train: list[Encoded]  # the training set as given
-    task: list[Encoded]  # the training set plus its augmented copies: what task distillation sees
+    # the training set plus its augmented copies (no gold label: soft targets only), what the
+    # task stages train on
+    task: list[Encoded]
     validation: list[Encoded]
     vocab: StudentVocab
     pad_id: int
@@ -54,22 +57,26 @@ def prepare(
         )
     labels = [str(e.label) for e in train] if config.task == "classification" else []
     teacher = load_teacher(teacher_source, task=config.task, train_labels=labels)
-    config = config.resolved(
-        num_train_examples=len(train), teacher_width=int(teacher.model.config.hidden_size)
-    )
-    report.callbacks.on_config(config)
+    # augmentation reads no value that resolving fills in, and the task stages' step bounds
+    # depend on how many rows it makes: resolved after it
     train_enc, task_enc, val_enc = _encode_sets(
         config, teacher, train, validation, workdir=workdir, device=device, report=report
     )
+    config = config.resolved(
+        num_train_examples=len(train),
+        teacher_width=int(teacher.model.config.hidden_size),
+        num_task_examples=len(task_enc),
+    )
+    report.callbacks.on_config(config)
     return Prepared(
         config=config,
         teacher=teacher,
         train=train_enc,
         task=task_enc,
         validation=val_enc,
-        vocab=student_vocab(
-            teacher.tokenizer, [*task_enc, *val_enc], trim=config.student.trim_vocab
-        ),
+        # from the training rows alone: a word seen only in validation must not flatter the
+        # trimmed student's score
+        vocab=student_vocab(teacher.tokenizer, task_enc, trim=config.student.trim_vocab),
         pad_id=int(teacher.tokenizer.pad_token_id or 0),
         fingerprint=run_fingerprint(config, teacher.model, train, validation),
     )
@@ -112,8 +119,15 @@ def _encode_sets(
             max_length=config.hyperparameters.max_seq_length,
             on_event=report.event,
         )
-        task_enc = train_enc + encoded(augmented)
+        # TinyBERT's copies learn from the teacher's soft targets alone: a copy that swapped
+        # "good" for "bad" keeps its words, not its original's gold label
+        task_enc = train_enc + [replace(e, label=no_label(config.task)) for e in encoded(augmented)]
     return train_enc, task_enc, encoded(validation)
+
+
+def no_label(task: str) -> int | float:
+    """What an augmented copy holds for a label: hard_ce and label_mse leave such rows out."""
+    return float("nan") if task == "regression" else NO_CLASS
 
 
 @dataclass(frozen=True)

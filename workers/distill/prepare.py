@@ -30,6 +30,7 @@ class Prepared:
     # task stages train on
     task: list[Encoded]
     validation: list[Encoded]
+    validation_rows: list[Example]  # as given: the export's own tokenizer encodes them again
     vocab: StudentVocab
     pad_id: int
     fingerprint: str  # resolved config + teacher + data; a checkpoint of another is refused
@@ -74,6 +75,7 @@ def prepare(
         train=train_enc,
         task=task_enc,
         validation=val_enc,
+        validation_rows=validation,
         # from the training rows alone: a word seen only in validation must not flatter the
         # trimmed student's score
         vocab=student_vocab(teacher.tokenizer, task_enc, trim=config.student.trim_vocab),

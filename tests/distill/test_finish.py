@@ -127,3 +127,25 @@ def test_the_reported_accuracy_is_the_exported_files(
             m["student"]["macro_f1"] / teacher["macro_f1"]
         )
     assert "measured on the files of this export" in (result.export_dir / "README.md").read_text()
+
+
+def test_a_teacher_that_predicts_one_class_gets_the_collapse_warning(
+    teacher_dir, train_examples, dev_examples, tmp_path
+) -> None:
+    """A teacher stuck on one class (as one reading nothing but [UNK] is) is reported, as a
+    student is: a warning event naming the model, the class and its share."""
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    stuck = tmp_path / "stuck-teacher"
+    model = AutoModelForSequenceClassification.from_pretrained(teacher_dir)
+    with torch.no_grad():
+        model.classifier.bias.copy_(torch.tensor([50.0, -50.0]))  # always "neg"
+    model.save_pretrained(stuck)
+    AutoTokenizer.from_pretrained(teacher_dir).save_pretrained(stuck)
+    rec = Recorder()
+    _run(tiny_config(), stuck, train_examples, dev_examples, tmp_path / "run", rec)
+    warned = {e.data["model"]: e for e in rec.events if e.type == "warning" and "model" in e.data}
+    teacher = warned["teacher"]
+    assert teacher.level == "warning"
+    assert teacher.data == {"stage": "evaluate", "model": "teacher", "label": "neg", "share": 1.0}
+    assert f"for 100% of the {len(dev_examples)} validation rows" in teacher.message

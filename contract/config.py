@@ -171,8 +171,17 @@ class TeacherCacheConfig(_Frozen):
 
 
 class DistillationConfig(_Frozen):
-    # general distillation on the training texts; on by itself for task="general"
-    general: StageConfig = StageConfig(enabled=False)
+    general: StageConfig = Field(
+        default=StageConfig(enabled=False),
+        description=(
+            'With task "general": general distillation (intermediate losses only) of a base '
+            "teacher on a text-only dataset, the only stage; its student, W_e and W_h "
+            "included, can start a task job (student.init_from). Enabled in a task job it is "
+            "not TinyBERT's general distillation: it runs the same intermediate losses on the "
+            "job's own training rows (no augmented copies), with the teacher fine-tuned first, "
+            "as a warm-up before intermediate_distill."
+        ),
+    )
     intermediate: StageConfig = StageConfig()
     prediction: StageConfig = StageConfig()
     # runs only when the teacher has no head for the labels

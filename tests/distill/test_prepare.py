@@ -120,3 +120,15 @@ def test_step_bounds_grow_with_augmentation(
         assert stage.settings.epochs == epochs
         assert stage.steps == epochs * math.ceil(rows / 2)
         assert stage.steps > before[stage.name]
+
+
+def test_general_distill_in_a_task_job_says_what_it_is(
+    teacher_dir, train_examples, dev_examples, tmp_path
+) -> None:
+    """Enabled in a task job, the stage is intermediate losses on the task's rows with the
+    fine-tuned teacher: its events say so, and task "general" is left as it was."""
+    config = tiny_config(distillation={"general": {"enabled": True}})
+    ready = _prepare(config, teacher_dir, train_examples, dev_examples, tmp_path)
+    (general,) = [s for s in plan_stages(ready) if s.name == "general_distill"]
+    assert "not TinyBERT's general distillation" in general.note
+    assert general.data.data == ready.train

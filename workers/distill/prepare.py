@@ -127,6 +127,12 @@ def _encode_sets(
     return train_enc, task_enc, encoded(validation)
 
 
+TASK_JOB_GENERAL = (
+    "intermediate losses on the training rows with the fine-tuned teacher: a warm-up before "
+    "intermediate_distill, not TinyBERT's general distillation"
+)
+
+
 def no_label(task: str) -> int | float:
     """What an augmented copy holds for a label: hard_ce and label_mse leave such rows out."""
     return float("nan") if task == "regression" else NO_CLASS
@@ -137,6 +143,7 @@ class PlannedStage:
     name: Stage
     settings: StageConfig  # resolved: every field set
     data: Batches
+    note: str = ""  # what the stage is, where its name could mislead; for its events
 
     @property
     def steps(self) -> int:
@@ -163,8 +170,13 @@ def plan_stages(ready: Prepared, *, pin_memory: bool = False) -> list[PlannedSta
     stages: list[PlannedStage] = []
     if task != "general" and not ready.teacher.has_head:
         stages.append(stage("teacher_finetune", d.teacher_finetune, ready.train))
-    if task == "general" or d.general.enabled:
+    if task == "general":
         stages.append(stage("general_distill", d.general, ready.train))
+    elif d.general.enabled:
+        # the name is the config's; TinyBERT's general distillation needs a base teacher and a
+        # general corpus (task "general"), and this is neither
+        warm_up = stage("general_distill", d.general, ready.train)
+        stages.append(replace(warm_up, note=TASK_JOB_GENERAL))
     if task != "general" and d.intermediate.enabled:
         stages.append(stage("intermediate_distill", d.intermediate, ready.task))
     if task != "general" and d.prediction.enabled:

@@ -171,8 +171,17 @@ class TeacherCacheConfig(_Frozen):
 
 
 class DistillationConfig(_Frozen):
-    # general distillation on the training texts; on by itself for task="general"
-    general: StageConfig = StageConfig(enabled=False)
+    general: StageConfig = Field(
+        default=StageConfig(enabled=False),
+        description=(
+            'With task "general": general distillation (intermediate losses only) of a base '
+            "teacher on a text-only dataset, the only stage; its student, W_e and W_h "
+            "included, can start a task job (student.init_from). Enabled in a task job it is "
+            "not TinyBERT's general distillation: it runs the same intermediate losses on the "
+            "job's own training rows (no augmented copies), with the teacher fine-tuned first, "
+            "as a warm-up before intermediate_distill."
+        ),
+    )
     intermediate: StageConfig = StageConfig()
     prediction: StageConfig = StageConfig()
     # runs only when the teacher has no head for the labels
@@ -235,11 +244,21 @@ class DistillConfig(_Frozen):
         return self
 
     def resolved(
-        self, *, num_train_examples: int, teacher_width: int | None = None
+        self,
+        *,
+        num_train_examples: int,
+        teacher_width: int | None = None,
+        num_task_examples: int | None = None,
     ) -> DistillConfig:
         """A copy with every None filled from the recipe, scaled to the dataset size (the
-        teacher's fine-tuning rate to the teacher's width, once that is known)."""
-        return resolve(self, num_train_examples=num_train_examples, teacher_width=teacher_width)
+        teacher's fine-tuning rate to the teacher's width, once that is known; the task stages'
+        epochs to the augmented set, once augmentation has made it)."""
+        return resolve(
+            self,
+            num_train_examples=num_train_examples,
+            teacher_width=teacher_width,
+            num_task_examples=num_task_examples,
+        )
 
 
 # --- the default recipe --------------------------------------------------------------------------
@@ -306,15 +325,28 @@ def recipe_learning_rate(stage: str, *, batch_size: int, teacher_width: int | No
 
 
 def resolve(
-    config: DistillConfig, *, num_train_examples: int, teacher_width: int | None = None
+    config: DistillConfig,
+    *,
+    num_train_examples: int,
+    teacher_width: int | None = None,
+    num_task_examples: int | None = None,
 ) -> DistillConfig:
     """Every unset stage value from Hyperparameters, then the recipe. The teacher's
     fine-tuning rate is its own: its stage's value, else the recipe's for `teacher_width`; it
-    stays None while the width is unknown (a hub teacher before a worker has loaded it)."""
+    stays None while the width is unknown (a hub teacher before a worker has loaded it).
+
+    The intermediate and prediction stages train on `num_task_examples` rows: the training set
+    plus its augmented copies (up to n_a a row), so their step bounds are taken from that
+    count. With augmentation on and the count not yet known (the API, before a worker has
+    augmented), their epochs stay None for the worker to fill in."""
     if num_train_examples < 1:
         raise ValueError("num_train_examples must be at least 1")
     hp = config.hyperparameters
     n, bs = num_train_examples, hp.batch_size
+    augmenting = config.task != "general" and config.distillation.augmentation.enabled
+    n_task = num_task_examples
+    if n_task is None and not augmenting:
+        n_task = n
 
     def rate(name: str, s: StageConfig) -> float | None:
         if s.learning_rate is not None:
@@ -327,12 +359,11 @@ def resolve(
             return recipe_learning_rate(name, batch_size=bs, teacher_width=teacher_width)
         return hp.learning_rate or recipe_learning_rate(name, batch_size=bs)
 
-    def stage(name: str, s: StageConfig) -> StageConfig:
+    def stage(name: str, s: StageConfig, rows: int | None = n) -> StageConfig:
+        recipe = recipe_epochs(name, num_examples=rows, batch_size=bs) if rows else None
         return s.model_copy(
             update={
-                "epochs": s.epochs
-                or hp.epochs
-                or recipe_epochs(name, num_examples=n, batch_size=bs),
+                "epochs": s.epochs or hp.epochs or recipe,
                 "learning_rate": rate(name, s),
                 "warmup_ratio": _first(s.warmup_ratio, hp.warmup_ratio, RECIPE_WARMUP_RATIO),
                 "schedule": s.schedule or RECIPE_SCHEDULE,
@@ -340,11 +371,11 @@ def resolve(
         )
 
     d = config.distillation
-    prediction = stage("prediction", d.prediction)
+    prediction = stage("prediction", d.prediction, n_task)
     distillation = d.model_copy(
         update={
             "general": stage("general", d.general),
-            "intermediate": stage("intermediate", d.intermediate),
+            "intermediate": stage("intermediate", d.intermediate, n_task),
             "prediction": prediction,
             "teacher_finetune": stage("teacher_finetune", d.teacher_finetune),
         }

@@ -10,11 +10,11 @@ from pathlib import Path
 from typing import Any, TypeGuard
 
 from app.errors import AppError
+from contract.model_files import NO_TOKENIZER, has_tokenizer, tokenizer_size, vocabulary_mismatch
 from contract.vocab import SUPPORTED_MODEL_TYPES
 
 # Encoders the engine knows how to distil (BertModel layout: attention.self.query/key).
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".pickle", ".ckpt", ".h5", ".msgpack", ".joblib")
-TOKENIZER_FILES = ("tokenizer.json", "vocab.txt")
 MAX_SAFETENSORS_HEADER = 100 * 1024 * 1024
 # Far above any encoder worth distilling; bounded so a config cannot overflow the row's columns.
 MAX_LAYERS = 1024
@@ -144,8 +144,12 @@ def inspect_folder(folder: Path) -> ModelInfo:
     weights = sorted(root.glob("*.safetensors"))
     if not weights:
         raise _bad("no .safetensors weights in the folder")
-    if not any((root / name).is_file() for name in TOKENIZER_FILES):
-        raise _bad("no tokenizer (tokenizer.json or vocab.txt) in the folder")
+    if not has_tokenizer(root):
+        raise _bad(NO_TOKENIZER)
+    vocab_size, tokens = config.get("vocab_size"), tokenizer_size(root)
+    if isinstance(vocab_size, int) and tokens is not None:
+        if mismatch := vocabulary_mismatch(tokens, vocab_size):
+            raise _bad(mismatch)
     shapes: dict[str, list[int]] = {}
     for w in weights:
         shapes.update(safetensors_shapes(w))

@@ -501,6 +501,23 @@ def test_missing_tokenizer_and_missing_weights_are_refused(
     )
 
 
+def test_a_tokenizer_that_does_not_cover_the_embeddings_is_refused(
+    guard: Guard, teacher: dict[str, bytes]
+) -> None:
+    """A vocab.txt of five specials for a model with hundreds of word embeddings: every word
+    would be [UNK]. The engine refuses the same (contract/model_files.py)."""
+    small = {k: v for k, v in teacher.items() if k != "tokenizer.json"}
+    small["vocab.txt"] = b"[PAD]\n[UNK]\n[CLS]\n[SEP]\n[MASK]\n"
+    guard.rejects(
+        "/v1/models",
+        "t.zip",
+        zip_of(small),
+        status=422,
+        code="model_invalid",
+        message="it is not this model's tokenizer",
+    )
+
+
 @pytest.mark.parametrize(
     "weights",
     [

@@ -106,3 +106,21 @@ def test_recipe_scales_epochs_to_the_dataset_size() -> None:
     large = recipe_epochs("intermediate", num_examples=5_000_000, batch_size=32)
     assert small > 3  # a tiny set gets more passes to reach the minimum number of steps
     assert large == 1  # a huge set is capped by the step budget
+
+
+def test_task_stage_epochs_wait_for_the_augmented_count() -> None:
+    """The API cannot know how many copies a worker's augmentation makes: the task stages'
+    epochs stay unset until the worker resolves them with the augmented count."""
+    augmentation = {"enabled": True, "mlm_model": "some/mlm"}
+    config = DistillConfig.model_validate({"distillation": {"augmentation": augmentation}})
+    api = config.resolved(num_train_examples=1000, teacher_width=384)
+    d = api.distillation
+    assert d.intermediate.epochs is None and d.prediction.epochs is None
+    assert d.teacher_finetune.epochs == recipe_epochs(
+        "teacher_finetune", num_examples=1000, batch_size=32
+    )
+    worker = api.resolved(num_train_examples=1000, teacher_width=384, num_task_examples=21_000)
+    assert worker.distillation.intermediate.epochs == recipe_epochs(
+        "intermediate", num_examples=21_000, batch_size=32
+    )
+    assert worker.hyperparameters.epochs == worker.distillation.prediction.epochs

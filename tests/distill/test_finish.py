@@ -2,6 +2,7 @@ import json
 from pathlib import Path
 
 import pytest
+import torch
 
 from tests.factories import Recorder, tiny_config
 from workers.distill.checkpoint import checkpoint_dir
@@ -81,3 +82,70 @@ def test_a_finished_run_reexports_without_training_again(
     )
     assert again.curve() == []
     assert Path(result.export_dir, "config.json").exists()
+
+
+def test_the_reported_accuracy_is_the_exported_files(
+    teacher_dir, train_examples, dev_examples, tmp_path
+) -> None:
+    """The student's numbers are those of the folder, model.onnx and model.int8.onnx a user
+    gets, fed the validation texts through the exported (trimmed) tokenizer."""
+    import numpy as np
+    import onnxruntime as ort
+    from sklearn.metrics import f1_score
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    config = tiny_config(student={"trim_vocab": True}, export={"onnx": True, "int8": True})
+    result = _run(config, teacher_dir, train_examples, dev_examples, tmp_path, Recorder())
+    tokenizer = AutoTokenizer.from_pretrained(result.export_dir)
+    model = AutoModelForSequenceClassification.from_pretrained(result.export_dir).eval()
+    # trimmed from the training rows alone: some validation words are unknown to the export
+    texts = [e.text for e in dev_examples]
+    assert any(tokenizer.unk_token in tokenizer.tokenize(t) for t in texts)
+    gold = np.array([model.config.label2id[e.label] for e in dev_examples])
+    enc = tokenizer(texts, padding=True, truncation=True, max_length=128, return_tensors="pt")
+    with torch.no_grad():
+        predicted = {"hf": model(**enc).logits.argmax(-1).numpy()}
+    feed = {k: v.numpy() for k, v in enc.items()}
+    for kind, path in (("fp32", "model.onnx"), ("int8", "model.int8.onnx")):
+        session = ort.InferenceSession(str(result.export_dir / "onnx" / path))
+        predicted[kind] = session.run(None, feed)[0].argmax(-1)
+
+    m = result.metrics
+    reported = {
+        "hf": m["student"],
+        "fp32": m["onnx"]["fp32"]["validation"],
+        "int8": m["onnx"]["int8"]["validation"],
+    }
+    for kind, pred in predicted.items():
+        assert reported[kind]["accuracy"] == pytest.approx(float(np.mean(pred == gold))), kind
+        f1 = f1_score(gold, pred, average="macro", zero_division=0)
+        assert reported[kind]["macro_f1"] == pytest.approx(f1), kind
+    teacher = m["teacher"]
+    assert m["retention"] == pytest.approx(m["student"]["accuracy"] / teacher["accuracy"])
+    if teacher["macro_f1"]:
+        assert m["retention_macro_f1"] == pytest.approx(
+            m["student"]["macro_f1"] / teacher["macro_f1"]
+        )
+    assert "measured on the files of this export" in (result.export_dir / "README.md").read_text()
+
+
+def test_a_teacher_that_predicts_one_class_gets_the_collapse_warning(
+    teacher_dir, train_examples, dev_examples, tmp_path
+) -> None:
+    """A teacher stuck on one class (as one reading nothing but [UNK] is) is reported, as a
+    student is: a warning event naming the model, the class and its share."""
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    stuck = tmp_path / "stuck-teacher"
+    model = AutoModelForSequenceClassification.from_pretrained(teacher_dir)
+    with torch.no_grad():
+        model.classifier.bias.copy_(torch.tensor([50.0, -50.0]))  # always "neg"
+    model.save_pretrained(stuck)
+    AutoTokenizer.from_pretrained(teacher_dir).save_pretrained(stuck)
+    rec = Recorder()
+    _run(tiny_config(), stuck, train_examples, dev_examples, tmp_path / "run", rec)
+    warned = {e.data["model"]: e for e in rec.events if e.type == "warning" and "model" in e.data}
+    teacher = warned["teacher"]
+    assert teacher.level == "warning"
+    assert teacher.data == {"stage": "evaluate", "model": "teacher", "label": "neg", "share": 1.0}
+    assert f"for 100% of the {len(dev_examples)} validation rows" in teacher.message

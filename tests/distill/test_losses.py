@@ -57,6 +57,17 @@ def test_hard_and_regression_losses() -> None:
     assert L.regression_mse(torch.tensor([[1.0], [3.0]]), torch.tensor([0.0, 1.0])).item() == 2.5
 
 
+def test_hard_losses_leave_out_rows_without_a_label() -> None:
+    logits = torch.tensor([[0.0, 0.0], [9.0, -9.0]])
+    assert L.hard_cross_entropy(logits, torch.tensor([1, L.NO_CLASS])).item() == pytest.approx(
+        math.log(2)
+    )
+    assert L.hard_cross_entropy(logits, torch.tensor([L.NO_CLASS, L.NO_CLASS])).item() == 0.0
+    pred = torch.tensor([[1.0], [3.0]])
+    assert L.label_mse(pred, torch.tensor([0.0, float("nan")])).item() == 1.0
+    assert L.label_mse(pred, torch.tensor([float("nan")] * 2)).item() == 0.0
+
+
 def test_relation_kl_is_zero_for_equal_relations_across_widths_and_ignores_padding() -> None:
     torch.manual_seed(0)
     mask = torch.tensor([[1, 1, 1, 0]])

@@ -14,8 +14,9 @@ import torch.nn.functional as F
 from transformers import BertConfig, BertForSequenceClassification
 
 from contract.config import DistillConfig
-from workers.distill.losses import LOSSES
-from workers.distill.steps import Step, distill_step, finetune_step
+from workers.distill.features import Features
+from workers.distill.losses import LOSSES, NO_CLASS
+from workers.distill.steps import Sides, Step, distill_step, finetune_step, prediction_terms
 from workers.distill.student import Projections, Student
 from workers.distill.teacher import Teacher
 from workers.distill.trim_vocab import StudentVocab
@@ -190,7 +191,59 @@ def test_prediction_total_weighs_the_soft_cross_entropy_and_the_labels() -> None
     hard = F.cross_entropy(z_s, batch["labels"])
     assert parts["prediction"].item() == pytest.approx(soft.item(), rel=1e-5)
     assert parts["hard_label"].item() == pytest.approx(hard.item(), rel=1e-5)
-    assert parts["total"].item() == pytest.approx(2.0 * soft.item() + 3.0 * hard.item(), rel=1e-5)
+    # the soft term weighs T^2 = 4 times its weight (Hinton et al.)
+    total = 2.0 * 4.0 * soft.item() + 3.0 * hard.item()
+    assert parts["total"].item() == pytest.approx(total, rel=1e-5)
+
+
+def test_the_soft_term_is_scaled_by_t_squared_by_hand() -> None:
+    """Teacher logits (2, 0) and a uniform student at T = 2, labels weighing 0: the soft
+    cross-entropy is -(p log .5 + (1 - p) log .5) = log 2 whatever p, and the total T^2 log 2."""
+    config = DistillConfig.model_validate(
+        {
+            "distillation": {"weights": {"prediction": 1.0, "hard_label": 0.0}},
+            "hyperparameters": {"temperature": 2.0},
+        }
+    )
+    (term,) = prediction_terms(config, task="classification")
+    logits_s = torch.zeros(1, 2)
+    teacher = Features(logits=torch.tensor([[2.0, 0.0]]), hidden={}, qkv={})
+    sides = Sides(Features(logits=logits_s, hidden={}, qkv={}), teacher, {})
+    assert term(sides).item() == pytest.approx(0.6931472)  # log 2, as logged
+    assert term.weight * term(sides).item() == pytest.approx(2.7725887)  # 4 log 2, in the total
+
+
+def test_a_hard_label_never_reaches_an_augmented_row() -> None:
+    """Augmented copies carry NO_CLASS: the labels term sees the gold rows only, and a batch of
+    copies alone gives it nothing to learn from."""
+    teacher, student = _teacher(_bert()), _student(_bert(seed=5))
+    config = _config(weights={"prediction": 1.0, "hard_label": 1.0})
+    step = _step("prediction_distill", config, teacher, student)
+    mixed = _batch() | {"labels": torch.tensor([1, NO_CLASS])}
+    inputs = {k: v for k, v in mixed.items() if k != "labels"}
+    with torch.no_grad():
+        z_s = student.model(**inputs).logits
+    gold_only = F.cross_entropy(z_s[:1], torch.tensor([1]))
+    assert step(mixed)["hard_label"].item() == pytest.approx(gold_only.item(), rel=1e-5)
+
+    copies = _batch() | {"labels": torch.tensor([NO_CLASS, NO_CLASS])}
+    hard = step(copies)["hard_label"]
+    assert hard.item() == 0.0
+    hard.backward()
+    grads = [p.grad for p in student.model.parameters() if p.grad is not None]
+    assert all(torch.count_nonzero(g) == 0 for g in grads)
+
+
+def test_a_gold_value_never_reaches_an_augmented_regression_row() -> None:
+    config = _config(weights={"regression": 1.0, "hard_label": 1.0})
+    terms = {t.name: t for t in prediction_terms(config, task="regression")}
+    pred = torch.tensor([[1.0], [5.0]], requires_grad=True)
+    values = torch.tensor([3.0, float("nan")])
+    sides = Sides(Features(logits=pred, hidden={}, qkv={}), None, {"labels": values})
+    hard = terms["hard_label"](sides)
+    assert hard.item() == pytest.approx(4.0)  # (1 - 3)^2 over the one row with a value
+    hard.backward()
+    assert pred.grad is not None and pred.grad[1].item() == 0.0
 
 
 @pytest.mark.parametrize("stage", ["intermediate_distill", "prediction_distill"])

@@ -232,3 +232,46 @@ def test_auto_slices_a_narrower_student_and_leaves_a_wider_one_random(teacher_di
     assert all(torch.equal(auto[k], selected[k]) for k in auto)
     wider_auto, wider_random = build("auto", 48, 96), build("random", 48, 96)
     assert all(torch.equal(wider_auto[k], wider_random[k]) for k in wider_auto)
+
+
+def test_a_general_student_reused_by_a_task_job_keeps_its_projections(
+    base_teacher_dir, teacher_dir, train_examples, dev_examples, tmp_path
+) -> None:
+    """W_e and W_h trained by a task: "general" job come along with its student (init_from),
+    as TinyBERT's task distillation starts from the general model's."""
+    from contract.records import Example
+    from tests.factories import Recorder, tiny_config
+    from workers.distill.checkpoint import checkpoint_dir, load_file
+    from workers.distill.student import Projections, create_student
+    from workers.distill.teacher import load_teacher
+    from workers.distill.trainer import run
+    from workers.distill.trim_vocab import StudentVocab
+
+    run(
+        tiny_config(task="general"),
+        teacher=str(base_teacher_dir),
+        train=[Example(e.text) for e in train_examples],
+        validation=[Example(e.text) for e in dev_examples],
+        workdir=tmp_path / "general",
+        callbacks=Recorder(),
+    )
+    saved = checkpoint_dir(tmp_path / "general") / "last.pt"
+    trained = load_file(saved).projections
+    assert trained is not None
+    fresh = Projections(16, 32).state_dict()
+    assert any(not torch.equal(trained[k], fresh[k]) for k in fresh)  # they did learn
+
+    teacher = load_teacher(str(teacher_dir), task="classification", train_labels=["neg", "pos"])
+    student = create_student(
+        tiny_config(),
+        teacher=teacher,
+        vocab=StudentVocab(teacher.tokenizer),
+        device=torch.device("cpu"),
+        init_checkpoint=saved,
+    )
+    got = student.projections.state_dict()
+    assert all(torch.equal(got[k], trained[k]) for k in trained)
+    body = load_file(saved).student
+    assert body is not None  # a base model's tensors, under the task model's "bert."
+    key = "embeddings.word_embeddings.weight"
+    assert torch.equal(student.model.state_dict()[f"bert.{key}"], body[key])

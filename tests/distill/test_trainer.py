@@ -1,6 +1,7 @@
 from pathlib import Path
 
 import pytest
+import torch
 from transformers import AutoModel
 
 from contract.config import DistillConfig
@@ -393,3 +394,76 @@ def test_a_teacher_handed_over_from_another_folder_still_resumes(
     rec = Recorder()
     _run(tiny_config(), moved, train_examples, dev_examples, tmp_path, rec)
     assert rec.curve()[0][1] == 3
+
+
+def _hooks(model: torch.nn.Module) -> int:
+    """Hooks on any module but transformers' own output collectors (installed at the first
+    forward pass and inert unless a caller asks that model for hidden states)."""
+    hooks = [
+        h
+        for m in model.modules()
+        for d in (m._forward_hooks, m._forward_pre_hooks, m._backward_hooks)
+        for h in d.values()
+    ]
+    return sum("output_capturing_hook" not in getattr(h, "__qualname__", "") for h in hooks)
+
+
+def test_no_hook_remains_after_the_stages(
+    teacher_dir, train_examples, dev_examples, tmp_path, monkeypatch
+) -> None:
+    """The attention capture's hooks would fire (and hold tensors) through evaluation, latency
+    timing and ONNX export: none is left on either model once training is over."""
+    import workers.distill.trainer as trainer
+
+    counts: dict[str, tuple[int, int]] = {}
+    real_finish = trainer.finish
+
+    def finish(ready, student, **kw):  # noqa: ANN001, ANN003, ANN202
+        counts["evaluation"] = (_hooks(ready.teacher.model), _hooks(student.model))
+        result = real_finish(ready, student, **kw)
+        counts["after"] = (_hooks(ready.teacher.model), _hooks(student.model))
+        return result
+
+    monkeypatch.setattr(trainer, "finish", finish)
+    config = tiny_config(distillation={"attention_loss": "mse"}, export={"onnx": True})
+    rec = Recorder()
+    _run(config, teacher_dir, train_examples, dev_examples, tmp_path, rec)
+    assert "intermediate_distill" in {p.stage for p in rec.progress if p.losses}
+    assert counts == {"evaluation": (0, 0), "after": (0, 0)}
+
+
+def test_a_resume_that_skips_every_stage_evaluates_on_the_run_device(
+    teacher_dir, train_examples, dev_examples, tmp_path, monkeypatch
+) -> None:
+    """Every stage done in an earlier process: the teacher is loaded afresh (on the CPU) and
+    must be moved to the run's device like the student, or a GPU worker's retry crashes.
+    Without a GPU the crash cannot happen here, so the test asks that each model scored was
+    placed on the run's device (cpu) and sits there."""
+    import workers.distill.evaluate as evaluate
+
+    _run(tiny_config(), teacher_dir, train_examples, dev_examples, tmp_path, Recorder())
+
+    placed: dict[int, torch.device] = {}
+    real_to = torch.nn.Module.to
+
+    def to(self, *args, **kwargs):  # noqa: ANN001, ANN002, ANN003, ANN202
+        device = torch._C._nn._parse_to(*args, **kwargs)[0]
+        if device is not None:
+            placed[id(self)] = torch.device(device)
+        return real_to(self, *args, **kwargs)
+
+    scored: list[tuple[torch.device | None, torch.device, set[torch.device]]] = []
+    real_predict = evaluate.predict
+
+    def predict(model, batches, *, device, input_map=None):  # noqa: ANN001, ANN202
+        devices = {p.device for p in model.parameters()}
+        scored.append((placed.get(id(model)), device, devices))
+        return real_predict(model, batches, device=device, input_map=input_map)
+
+    monkeypatch.setattr(torch.nn.Module, "to", to)
+    monkeypatch.setattr(evaluate, "predict", predict)
+    rec = Recorder()
+    _run(tiny_config(), teacher_dir, train_examples, dev_examples, tmp_path, rec)
+    assert not [p for p in rec.progress if p.losses]  # every stage was skipped
+    cpu = torch.device("cpu")
+    assert scored == [(cpu, cpu, {cpu}), (cpu, cpu, {cpu})]  # teacher, then student

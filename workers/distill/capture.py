@@ -46,6 +46,8 @@ class QKVCapture:
         self.outputs = {}
 
     def close(self) -> None:
+        """The hooks go, and with them the last batch's tensors (and their graph)."""
         for h in self._handles:
             h.remove()
         self._handles = []
+        self.outputs = {}

@@ -15,6 +15,7 @@ from sklearn.metrics import accuracy_score, f1_score, matthews_corrcoef
 from transformers import PreTrainedModel
 
 from .data import Batches
+from .features import on_device
 
 
 def classification_metrics(y_true: Sequence[int], y_pred: Sequence[int]) -> dict[str, float]:
@@ -36,6 +37,9 @@ def regression_metrics(y_true: Sequence[float], y_pred: Sequence[float]) -> dict
 
 
 PRIMARY_METRIC = {"classification": "accuracy", "regression": "pearson"}
+# a model that predicts one class for more than this share of the validation rows has
+# collapsed onto it (or the data is that lopsided): worth a warning either way
+COLLAPSE_SHARE = 0.95
 
 
 def compare(
@@ -46,23 +50,47 @@ def compare(
     *,
     device: torch.device,
     input_map: torch.Tensor | None = None,
+    student_validation: Batches | None = None,
 ) -> dict[str, Any]:
-    """Both models' task metrics on the validation set, and the share the student retains."""
+    """Both models' task metrics on the validation set, on `device` (both moved there), and
+    the share the student retains. `student_validation`: the same rows as the student's own
+    tokenizer encodes them (an exported, trimmed one may differ from the teacher's)."""
+    teacher, student = on_device(teacher, device), on_device(student, device)
     t_logits, gold = predict(teacher, validation, device=device)
-    s_logits, _ = predict(student, validation, device=device, input_map=input_map)
-    t_metrics, s_metrics = task_metrics(task, t_logits, gold), task_metrics(task, s_logits, gold)
-    t_primary = t_metrics[PRIMARY_METRIC[task]]
-    retention = (
-        float(s_metrics[PRIMARY_METRIC[task]] / t_primary)
-        if t_primary and math.isfinite(t_primary)
-        else None
+    s_logits, s_gold = predict(
+        student, student_validation or validation, device=device, input_map=input_map
     )
+    if not np.array_equal(gold, s_gold):
+        raise ValueError("the student's validation rows are not the teacher's")
+    t_metrics, s_metrics = task_metrics(task, t_logits, gold), task_metrics(task, s_logits, gold)
     return {
         "teacher": t_metrics,
         "student": s_metrics,
-        "retention": retention,
+        **retention(task, t_metrics, s_metrics),
         "validation_examples": len(validation.data),
+        "top_class": {"teacher": top_class(task, t_logits), "student": top_class(task, s_logits)},
     }
+
+
+def retention(task: str, teacher: dict[str, float], student: dict[str, float]) -> dict[str, Any]:
+    """The share of the teacher's primary metric the student keeps (and of its macro-F1)."""
+
+    def share(metric: str) -> float | None:
+        t = teacher.get(metric)
+        return float(student[metric] / t) if t and math.isfinite(t) else None
+
+    out: dict[str, Any] = {"retention": share(PRIMARY_METRIC[task])}
+    if task == "classification":
+        out["retention_macro_f1"] = share("macro_f1")
+    return out
+
+
+def top_class(task: str, logits: np.ndarray) -> dict[str, Any] | None:
+    """{"class": id, "share": of the rows}: the class predicted most; None off classification."""
+    if task != "classification" or len(logits) == 0:
+        return None
+    counts = np.bincount(logits.argmax(-1), minlength=logits.shape[-1])
+    return {"class": int(counts.argmax()), "share": float(counts.max() / len(logits))}
 
 
 @torch.no_grad()

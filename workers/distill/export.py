@@ -10,9 +10,14 @@ from typing import Any
 
 import numpy as np
 import torch
-from transformers import PreTrainedModel, PreTrainedTokenizerBase
+from transformers import (
+    AutoModelForSequenceClassification,
+    AutoTokenizer,
+    PreTrainedModel,
+    PreTrainedTokenizerBase,
+)
 
-from .data import Batch
+from .data import Batch, Batches
 from .errors import DistillError
 from .evaluate import size_on_disk
 
@@ -38,6 +43,15 @@ def export_hf(
         shutil.rmtree(directory)
     os.replace(tmp, directory)
     return directory
+
+
+def reload_hf(directory: Path) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
+    """The exported folder as a user loads it: its model with the task head, and its tokenizer."""
+    model: PreTrainedModel = AutoModelForSequenceClassification.from_pretrained(
+        directory, trust_remote_code=False, use_safetensors=True
+    )
+    tokenizer = AutoTokenizer.from_pretrained(directory, trust_remote_code=False)
+    return model.train(False), tokenizer
 
 
 def model_card(
@@ -66,7 +80,9 @@ def model_card(
         "",
         "## Metrics",
         "",
-        "All numbers were measured on this export; none are estimates.",
+        "The student's numbers were measured on the files of this export: this folder "
+        "reloaded, and each ONNX file, on the validation rows as this folder's tokenizer "
+        "encodes them. The teacher's on the same rows; none are estimates.",
         "",
         *speed_table(metrics.get("speed")),
         "```json",
@@ -238,6 +254,16 @@ def onnx_session(path: Path, *, threads: int | None = None) -> Any:
     opts.inter_op_num_threads = 1
     opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
     return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+
+
+def predict_onnx(path: Path, batches: Batches) -> tuple[np.ndarray, np.ndarray]:
+    """(outputs (n, C), gold labels (n,)) of an exported ONNX file over a dataset, in order."""
+    session = onnx_session(path)
+    outputs, gold = [], []
+    for batch in batches.in_order():
+        outputs.append(session.run(None, _feed(batch))[0])
+        gold.append(batch["labels"].numpy())
+    return np.concatenate(outputs), np.concatenate(gold)
 
 
 def _feed(batch: Batch) -> dict[str, np.ndarray]:

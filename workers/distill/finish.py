@@ -10,15 +10,23 @@ from typing import Any
 
 import torch
 from torch import Tensor
+from transformers import PreTrainedTokenizerBase
 
 from contract.config import DistillConfig
 
 from .callbacks import Reporter, jsonable
 from .checkpoint import teacher_dir
-from .data import Batch, Batches, collate
-from .evaluate import compare, count_parameters, size_on_disk, state_bytes
-from .export import export_hf, export_onnx, model_card
-from .features import on_device
+from .data import Batch, Batches, Encoded, collate, encode
+from .evaluate import (
+    COLLAPSE_SHARE,
+    compare,
+    count_parameters,
+    retention,
+    size_on_disk,
+    state_bytes,
+    task_metrics,
+)
+from .export import export_hf, export_onnx, model_card, predict_onnx, reload_hf
 from .prepare import Prepared
 from .speed import legacy_latency, mapped_ids, measure_speed
 from .student import Student
@@ -46,8 +54,6 @@ def finish(
 ) -> RunResult:
     config = ready.config
     student.model.train(False)
-    # on the device even when every stage ran in an earlier process (it never moved there)
-    ready.teacher.model = on_device(ready.teacher.model, device)
     ready.teacher.model.train(False)
     report.marker("evaluate")
     report.event("stage_started", "evaluate started", {"stage": "evaluate"})
@@ -57,29 +63,40 @@ def finish(
             "student": count_parameters(student.model),
         },
     }
+    export_dir = workdir / "export"
+    # Written first, without the card's numbers: the student's numbers are this folder's,
+    # reloaded and fed the validation rows through its own tokenizer, as a user would.
+    export_hf(student.model.cpu(), student.vocab.tokenizer, export_dir, card="")
+    exported_rows: Batches | None = None
     if config.task != "general" and ready.validation:
-        validation = Batches(
-            ready.validation,
-            batch_size=config.hyperparameters.batch_size,
-            seed=config.seed,
-            pad_id=ready.pad_id,
-        )
+        exported, tokenizer = reload_hf(export_dir)
+        exported_rows = _encoded_for(ready, tokenizer)
+        # both on the run's device, wherever the stages (or an earlier process) left them
         metrics |= compare(
             config.task,
             ready.teacher.model,
-            student.model,
-            validation,
+            exported,
+            _batches(ready, ready.validation, ready.pad_id),
             device=device,
-            input_map=student.vocab.input_map,
+            student_validation=exported_rows,
         )
+        del exported
+        _warn_collapsed(ready, metrics, report)
     report.event(
         "evaluation",
         "evaluation finished",
-        {k: metrics.get(k) for k in ("teacher", "student", "retention")},
+        {k: metrics.get(k) for k in ("teacher", "student", "retention", "retention_macro_f1")},
     )
     report.marker("export")
     report.event("stage_started", "export started", {"stage": "export"})
-    result = _export(ready, student, metrics, teacher_source=teacher_source, workdir=workdir)
+    result = _export(
+        ready,
+        student,
+        metrics,
+        teacher_source=teacher_source,
+        workdir=workdir,
+        validation=exported_rows,
+    )
     report.event(
         "stage_finished",
         "export finished",
@@ -99,16 +116,16 @@ def _export(
     *,
     teacher_source: str,
     workdir: Path,
+    validation: Batches | None,
 ) -> RunResult:
-    """Size of both models, the student's HF folder and ONNX files, speed, metrics.json."""
+    """Size of both models, the student's ONNX files (scored on `validation`), speed, the
+    card and metrics.json; the HF folder is written already."""
     config = ready.config
     student_cpu, teacher_cpu = student.model.cpu(), ready.teacher.model.cpu()
     finetuned = teacher_dir(workdir)
     on_disk = finetuned if finetuned.exists() else Path(teacher_source)
     teacher_bytes = size_on_disk(on_disk) if on_disk.exists() else state_bytes(teacher_cpu)
     export_dir = workdir / "export"
-    # First written without the card's final numbers, to measure the student's size on disk.
-    export_hf(student_cpu, student.vocab.tokenizer, export_dir, card="")
     student_bytes = size_on_disk(export_dir / "model.safetensors")
     metrics["size_bytes"] = {"teacher": teacher_bytes, "student": student_bytes}
     onnx_files: list[Path] = []
@@ -122,6 +139,8 @@ def _export(
             opset=config.export.opset,
             int8=config.export.int8,
         )
+        if validation is not None:
+            _score_onnx(config.task, metrics, onnx_files, validation)
     _measure_speed(ready, student, metrics, onnx_files)
     metrics = jsonable(metrics)
     card = model_card(
@@ -162,6 +181,55 @@ def _measure_speed(
     for kind, runtime in (("fp32", "onnx"), ("int8", "onnx_int8")):
         if runtime in onnx:
             metrics["onnx"][kind]["latency_ms"] = legacy_latency(speed, "student", runtime)
+
+
+def _encoded_for(ready: Prepared, tokenizer: PreTrainedTokenizerBase) -> Batches:
+    """The validation rows as the exported tokenizer encodes them, in order."""
+    config = ready.config
+    rows = encode(
+        ready.validation_rows,
+        tokenizer,
+        max_length=config.hyperparameters.max_seq_length,
+        task=config.task,
+        label2id={name: i for i, name in enumerate(ready.teacher.labels)},
+    )
+    return _batches(ready, rows, int(tokenizer.pad_token_id or 0))
+
+
+def _batches(ready: Prepared, rows: list[Encoded], pad_id: int) -> Batches:
+    config = ready.config
+    return Batches(
+        rows, batch_size=config.hyperparameters.batch_size, seed=config.seed, pad_id=pad_id
+    )
+
+
+def _score_onnx(
+    task: str, metrics: dict[str, Any], onnx_files: list[Path], validation: Batches
+) -> None:
+    """Each ONNX file's task metrics on the validation rows, and what it retains of the
+    teacher's: the int8 file is what a user deploys, and it may score otherwise."""
+    for kind, path in zip(("fp32", "int8"), onnx_files, strict=False):
+        outputs, gold = predict_onnx(path, validation)
+        scored = task_metrics(task, outputs, gold)
+        entry = metrics["onnx"][kind]
+        entry["validation"] = scored
+        entry |= retention(task, metrics["teacher"], scored)
+
+
+def _warn_collapsed(ready: Prepared, metrics: dict[str, Any], report: Reporter) -> None:
+    """A warning for a teacher or student that predicts one class for nearly every row."""
+    rows = metrics["validation_examples"]
+    for side, top in (metrics.get("top_class") or {}).items():
+        if top is None or top["share"] <= COLLAPSE_SHARE:
+            continue
+        label = ready.teacher.labels[top["class"]]
+        report.event(
+            "warning",
+            f"the {side} predicts {label!r} for {top['share']:.0%} of the {rows} validation "
+            "rows: it has collapsed onto one class, or the data is that lopsided",
+            {"stage": "evaluate", "model": side, "label": label, "share": top["share"]},
+            level="warning",
+        )
 
 
 def _onnx_batches(ready: Prepared) -> tuple[Batch, Batch]:

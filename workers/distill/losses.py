@@ -15,6 +15,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+# The class id of a row without a gold label (an augmented copy): torch's ignore_index.
+NO_CLASS = -100
+
 
 def attention_scores(query: Tensor, key: Tensor, num_heads: int) -> Tensor:
     """(b, L, H*d) query and key projections -> (b, H, L, L) pre-softmax scores QK^T/sqrt(d)."""
@@ -44,13 +47,24 @@ def soft_cross_entropy(logits_s: Tensor, logits_t: Tensor, temperature: float = 
 
 
 def hard_cross_entropy(logits_s: Tensor, labels: Tensor) -> Tensor:
-    """(b, C) student logits against (b,) gold class ids."""
-    return F.cross_entropy(logits_s.float(), labels)
+    """(b, C) student logits against (b,) gold class ids, averaged over the rows that have one:
+    a row labelled NO_CLASS (an augmented copy) is left out, and a batch of none gives 0."""
+    total = F.cross_entropy(logits_s.float(), labels, ignore_index=NO_CLASS, reduction="sum")
+    return total / (labels != NO_CLASS).sum().clamp_min(1)  # on the device: no host sync
 
 
 def regression_mse(pred_s: Tensor, target: Tensor) -> Tensor:
     """(b, 1) or (b,) student outputs against (b,) teacher outputs or gold values."""
     return F.mse_loss(pred_s.float().reshape(-1), target.float().reshape(-1))
+
+
+def label_mse(pred_s: Tensor, values: Tensor) -> Tensor:
+    """regression_mse against (b,) gold values over the rows that have one: a NaN value (an
+    augmented copy) is left out, and a batch of none gives 0."""
+    p, t = pred_s.float().reshape(-1), values.float().reshape(-1)
+    known = ~torch.isnan(t)
+    sq = torch.where(known, (p - t.nan_to_num()) ** 2, torch.zeros_like(p))
+    return sq.sum() / known.sum().clamp_min(1)
 
 
 def relation_kl(x_s: Tensor, x_t: Tensor, mask: Tensor, num_relation_heads: int) -> Tensor:
@@ -94,5 +108,6 @@ LOSSES: dict[str, Callable[..., Tensor]] = {
     "soft_ce": soft_cross_entropy,
     "hard_ce": hard_cross_entropy,
     "regression_mse": regression_mse,
+    "label_mse": label_mse,
     "relation_kl": relation_kl,
 }

@@ -3,7 +3,7 @@ augmentation, the student's vocabulary, and the stages planned from all of it.""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
@@ -16,6 +16,7 @@ from .callbacks import Reporter
 from .checkpoint import run_fingerprint
 from .data import Batches, Encoded, encode, holdout
 from .errors import DistillError
+from .losses import NO_CLASS
 from .teacher import Teacher, load_teacher
 from .trim_vocab import StudentVocab, student_vocab
 
@@ -25,8 +26,11 @@ class Prepared:
     config: DistillConfig  # resolved: every default filled in
     teacher: Teacher
     train: list[Encoded]  # the training set as given
-    task: list[Encoded]  # the training set plus its augmented copies: what task distillation sees
+    # the training set plus its augmented copies (no gold label: soft targets only), what the
+    # task stages train on
+    task: list[Encoded]
     validation: list[Encoded]
+    validation_rows: list[Example]  # as given: the export's own tokenizer encodes them again
     vocab: StudentVocab
     pad_id: int
     fingerprint: str  # resolved config + teacher + data; a checkpoint of another is refused
@@ -54,22 +58,27 @@ def prepare(
         )
     labels = [str(e.label) for e in train] if config.task == "classification" else []
     teacher = load_teacher(teacher_source, task=config.task, train_labels=labels)
-    config = config.resolved(
-        num_train_examples=len(train), teacher_width=int(teacher.model.config.hidden_size)
-    )
-    report.callbacks.on_config(config)
+    # augmentation reads no value that resolving fills in, and the task stages' step bounds
+    # depend on how many rows it makes: resolved after it
     train_enc, task_enc, val_enc = _encode_sets(
         config, teacher, train, validation, workdir=workdir, device=device, report=report
     )
+    config = config.resolved(
+        num_train_examples=len(train),
+        teacher_width=int(teacher.model.config.hidden_size),
+        num_task_examples=len(task_enc),
+    )
+    report.callbacks.on_config(config)
     return Prepared(
         config=config,
         teacher=teacher,
         train=train_enc,
         task=task_enc,
         validation=val_enc,
-        vocab=student_vocab(
-            teacher.tokenizer, [*task_enc, *val_enc], trim=config.student.trim_vocab
-        ),
+        validation_rows=validation,
+        # from the training rows alone: a word seen only in validation must not flatter the
+        # trimmed student's score
+        vocab=student_vocab(teacher.tokenizer, task_enc, trim=config.student.trim_vocab),
         pad_id=int(teacher.tokenizer.pad_token_id or 0),
         fingerprint=run_fingerprint(config, teacher.model, train, validation),
     )
@@ -112,8 +121,21 @@ def _encode_sets(
             max_length=config.hyperparameters.max_seq_length,
             on_event=report.event,
         )
-        task_enc = train_enc + encoded(augmented)
+        # TinyBERT's copies learn from the teacher's soft targets alone: a copy that swapped
+        # "good" for "bad" keeps its words, not its original's gold label
+        task_enc = train_enc + [replace(e, label=no_label(config.task)) for e in encoded(augmented)]
     return train_enc, task_enc, encoded(validation)
+
+
+TASK_JOB_GENERAL = (
+    "intermediate losses on the training rows with the fine-tuned teacher: a warm-up before "
+    "intermediate_distill, not TinyBERT's general distillation"
+)
+
+
+def no_label(task: str) -> int | float:
+    """What an augmented copy holds for a label: hard_ce and label_mse leave such rows out."""
+    return float("nan") if task == "regression" else NO_CLASS
 
 
 @dataclass(frozen=True)
@@ -121,6 +143,7 @@ class PlannedStage:
     name: Stage
     settings: StageConfig  # resolved: every field set
     data: Batches
+    note: str = ""  # what the stage is, where its name could mislead; for its events
 
     @property
     def steps(self) -> int:
@@ -147,8 +170,13 @@ def plan_stages(ready: Prepared, *, pin_memory: bool = False) -> list[PlannedSta
     stages: list[PlannedStage] = []
     if task != "general" and not ready.teacher.has_head:
         stages.append(stage("teacher_finetune", d.teacher_finetune, ready.train))
-    if task == "general" or d.general.enabled:
+    if task == "general":
         stages.append(stage("general_distill", d.general, ready.train))
+    elif d.general.enabled:
+        # the name is the config's; TinyBERT's general distillation needs a base teacher and a
+        # general corpus (task "general"), and this is neither
+        warm_up = stage("general_distill", d.general, ready.train)
+        stages.append(replace(warm_up, note=TASK_JOB_GENERAL))
     if task != "general" and d.intermediate.enabled:
         stages.append(stage("intermediate_distill", d.intermediate, ready.task))
     if task != "general" and d.prediction.enabled:

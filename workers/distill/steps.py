@@ -7,8 +7,9 @@ passes the terms need, evaluates every term and returns them with their weighted
     intermediate / general   embedding  hidden_mse(W_e E_s, E_t)
                              hidden     sum_m hidden_mse(W_h H_s^m, H_t^g(m))
                              attention  sum_m attention_mse(A_s^m, A_t^g(m))   (or relation_kl)
-    prediction               prediction soft_ce(z_s, z_t; T)       (regression: regression_mse)
-                             hard_label hard_ce(z_s, y)            (regression: regression_mse)
+    prediction               prediction T^2 soft_ce(z_s, z_t; T)   (regression: regression_mse)
+                             hard_label hard_ce(z_s, y)            (regression: label_mse)
+                                        gold rows only: an augmented copy has no label
     teacher_finetune         task       hard_ce(z, y)              (regression: regression_mse)
 
 A term weighing 0 is left out, so its forward pass (the teacher's, the hooks) is never paid for.
@@ -265,12 +266,22 @@ def prediction_terms(config: DistillConfig, *, task: Task) -> list[Term]:
     if task == "regression":
         terms = [
             Term("regression", w.regression, "regression_mse", "logits", (logits,)),
-            Term("hard_label", w.hard_label, "regression_mse", "logits", gold, reads_teacher=False),
+            Term("hard_label", w.hard_label, "label_mse", "logits", gold, reads_teacher=False),
         ]
     else:
-        soft = {"temperature": config.hyperparameters.temperature}
+        t = config.hyperparameters.temperature
+        # Hinton et al. (2015): the soft term's gradients shrink as 1/T^2, so it weighs T^2 times
+        # more, and a change of T leaves its balance with the labels as it was. The component
+        # logged stays the plain cross-entropy; only the total carries the factor.
         terms = [
-            Term("prediction", w.prediction, "soft_ce", "logits", (logits,), soft),
+            Term(
+                "prediction",
+                w.prediction * t * t,
+                "soft_ce",
+                "logits",
+                (logits,),
+                {"temperature": t},
+            ),
             Term("hard_label", w.hard_label, "hard_ce", "logits", gold, reads_teacher=False),
         ]
     return [t for t in terms if t.weight > 0]

@@ -93,6 +93,8 @@ def create_student(
     )
     if state is not None:
         student.load_state(state)
+    elif init_checkpoint is not None:
+        load_checkpoint_projections(student.projections, init_checkpoint)
     return student
 
 
@@ -199,6 +201,7 @@ def load_checkpoint_student(student: PreTrainedModel, path: Path) -> None:
     if state is None:
         raise DistillError("checkpoint_mismatch", f"{path} holds no student weights yet")
     own = student.state_dict()
+    state = _as_layout_of(own, state, f"{student.base_model_prefix}.")
     head = {name for name in own if name.startswith(("classifier.", "score."))}
     wrong = sorted(
         n for n, t in state.items() if n in own and own[n].shape != t.shape and n not in head
@@ -212,6 +215,34 @@ def load_checkpoint_student(student: PreTrainedModel, path: Path) -> None:
         )
     usable = {n: t for n, t in state.items() if n in own and own[n].shape == t.shape}
     student.load_state_dict(usable, strict=False)
+
+
+def _as_layout_of(
+    own: dict[str, Tensor], state: dict[str, Tensor], prefix: str
+) -> dict[str, Tensor]:
+    """A base model's tensors (a task "general" student) renamed under a task model's base
+    ("bert."), or a task model's base renamed for a base model (its head left behind)."""
+    own_prefixed = any(n.startswith(prefix) for n in own)
+    state_prefixed = any(n.startswith(prefix) for n in state)
+    if own_prefixed and not state_prefixed:
+        return {prefix + n: t for n, t in state.items()}
+    if state_prefixed and not own_prefixed:
+        return {n.removeprefix(prefix): t for n, t in state.items() if n.startswith(prefix)}
+    return state
+
+
+def load_checkpoint_projections(projections: Projections, path: Path) -> bool:
+    """W_e and W_h from another run's checkpoint (a general student's, trained with them), as
+    TinyBERT's task distillation starts from the general model's; kept fresh when that run's
+    teacher had another width. True when they were loaded."""
+    saved = load_file(path).projections
+    own = projections.state_dict()
+    if not saved or saved.keys() != own.keys():
+        return False
+    if any(saved[k].shape != own[k].shape for k in own):
+        return False
+    projections.load_state_dict(saved)
+    return True
 
 
 # --- weight selection ----------------------------------------------------------------------------

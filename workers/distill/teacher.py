@@ -18,6 +18,7 @@ from transformers import (
     PreTrainedTokenizerBase,
 )
 
+from contract.model_files import NO_TOKENIZER, has_tokenizer, vocabulary_mismatch
 from contract.vocab import SUPPORTED_MODEL_TYPES, Task
 
 from .errors import DistillError
@@ -44,12 +45,25 @@ def load_teacher(source: str, *, task: Task, train_labels: Sequence[str]) -> Tea
             f"teacher model_type {model_type!r} is not one of {sorted(SUPPORTED_MODEL_TYPES)}",
         )
     labels, has_head = _head_fit(config, task=task, train_labels=train_labels)
+    if Path(source).is_dir() and not has_tokenizer(Path(source)):
+        raise DistillError("tokenizer_missing", f"teacher {source!r}: {NO_TOKENIZER}")
     try:
         tokenizer = AutoTokenizer.from_pretrained(source, **_LOAD)
     except (OSError, ValueError, TypeError) as exc:
         raise DistillError("teacher_not_found", f"no tokenizer at {source!r}: {exc}") from exc
     model = load_model(source, task=task, labels=labels, code="teacher_not_found")
+    check_vocabulary(tokenizer, model, what=f"teacher {source!r}")
     return Teacher(model, tokenizer, task, labels, has_head)
+
+
+def check_vocabulary(
+    tokenizer: PreTrainedTokenizerBase, model: PreTrainedModel, *, what: str
+) -> None:
+    """A tokenizer that is not the model's (a hub repo or folder without its files gets one
+    built from nothing) is an error, never a run on [UNK]s."""
+    rows = int(model.config.vocab_size)  # the word embeddings' rows, as the model was saved
+    if mismatch := vocabulary_mismatch(len(tokenizer), rows):
+        raise DistillError("tokenizer_mismatch", f"{what}: {mismatch}")
 
 
 def reload_finetuned(teacher: Teacher, directory: Path) -> None:

@@ -255,7 +255,7 @@ def started(loop: Loop, index: int, stage: PlannedStage, step: int) -> None:
     epoch = min(step // len(stage.data), (stage.settings.epochs or 1) - 1)
     loop.checkpoints.report.event(
         "stage_started",
-        f"{stage.name} started",
+        f"{stage.name} started" + (f" ({stage.note})" if stage.note else ""),
         {
             "stage": stage.name,
             "steps": stage.steps,

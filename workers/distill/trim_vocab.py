@@ -74,6 +74,8 @@ def trim_tokenizer(
     trimmed = PreTrainedTokenizerFast(  # type: ignore[no-untyped-call]  # unannotated __init__
         tokenizer_object=Tokenizer.from_str(json.dumps(state)),
         model_max_length=tokenizer.model_max_length,
+        # the teacher's inputs (token_type_ids too): what the exported ONNX graph is fed
+        model_input_names=list(tokenizer.model_input_names),
         **specials,
     )
     return trimmed, kept

@@ -30,6 +30,7 @@ from app.jobs.schemas import (
     StepMetrics,
     WebhookDeliveryPublic,
 )
+from app.pagination import Page
 from app.storage import Storage
 from app.teachers import catalog
 from app.teachers import repository as teachers_repository
@@ -313,6 +314,31 @@ def list_jobs(
         created_after=created_after,
     )
     return rows[:limit], len(rows) > limit
+
+
+def get_job_public(session: Session, *, tenant_id: str, job_id: str) -> JobPublic:
+    return to_public(get_job(session, tenant_id=tenant_id, job_id=job_id))
+
+
+def list_jobs_page(
+    session: Session,
+    *,
+    tenant_id: str,
+    limit: int,
+    after: str | None,
+    status: str | None,
+    created_after: datetime | None,
+) -> Page[JobPublic]:
+    rows, has_more = list_jobs(
+        session,
+        tenant_id=tenant_id,
+        limit=limit,
+        after=after,
+        status=status,
+        created_after=created_after,
+    )
+    data = [to_public(j) for j in rows]
+    return Page(data=data, has_more=has_more, next_cursor=data[-1].id if has_more else None)
 
 
 def cancel_job(session: Session, *, tenant_id: str, job_id: str) -> Job:

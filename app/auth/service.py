@@ -79,10 +79,10 @@ def bearer_token(authorization: str | None) -> str:
 def authenticate(session: Session, authorization: str | None) -> str:
     """The tenant of a valid, unrevoked bearer key; 401 otherwise (same answer for every
     failure, so a caller learns nothing about which keys exist)."""
-    key = repository.key_by_hash(session, hash_key(bearer_token(authorization)))
-    if key is None or key.revoked_at is not None:
+    tenant = repository.tenant_of_active_key(session, hash_key(bearer_token(authorization)))
+    if tenant is None:
         raise AppError("unauthorized", "the API key is invalid or revoked", 401)
-    return key.tenant_id
+    return tenant
 
 
 def upload_limit(session: Session, *, settings: Settings, tenant_id: str, default: int) -> int:

@@ -95,3 +95,16 @@ def _sessions_for(engine: Engine) -> sessionmaker[Session]:
 
 def session_factory() -> sessionmaker[Session]:
     return _sessions_for(get_engine())
+
+
+@lru_cache(maxsize=4)
+def _read_sessions_for(engine: Engine) -> sessionmaker[Session]:
+    # Each statement its own transaction: a read of one or two SELECTs skips the BEGIN and
+    # COMMIT round trips (psycopg sends BEGIN as a command of its own).
+    autocommit = engine.execution_options(isolation_level="AUTOCOMMIT")
+    return sessionmaker(bind=autocommit, expire_on_commit=False)
+
+
+def read_session_factory() -> sessionmaker[Session]:
+    """Sessions for work that writes nothing; each statement sees the latest commits."""
+    return _read_sessions_for(get_engine())

@@ -137,7 +137,7 @@ def client(db_session: Session, queue: redis.Redis) -> Iterator[TestClient]:
             raise
 
     @contextmanager
-    def _scope() -> Iterator[Session]:  # the same boundary as app.deps.request_session
+    def _scope(read_only: bool) -> Iterator[Session]:  # the boundary of deps.request_session
         try:
             yield db_session
             db_session.commit()

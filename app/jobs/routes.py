@@ -92,7 +92,7 @@ async def list_jobs(
     created_after: CreatedAfterQuery = None,
 ) -> Response:
     """Jobs, newest first; `next_cursor` is stable while new jobs arrive."""
-    page = await db.run(
+    page = await db.read(
         service.list_jobs_page, limit=limit, after=after, status=status, created_after=created_after
     )
     return json_response(page)
@@ -100,7 +100,7 @@ async def list_jobs(
 
 @router.get("/{job_id}", response_model=JobPublic, responses=errors("job_not_found"))
 async def get_job(job_id: str, db: TenantDbDep) -> Response:
-    return json_response(await db.run(service.get_job_public, job_id=job_id))
+    return json_response(await db.read(service.get_job_public, job_id=job_id))
 
 
 @router.post(

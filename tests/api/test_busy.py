@@ -51,3 +51,24 @@ def test_a_pool_timeout_answers_503_server_busy() -> None:
     assert response.status_code == 503
     assert response.headers["retry-after"] == "1"
     assert response.json()["error"]["code"] == "server_busy"
+
+
+def test_tenant_db_work_beyond_the_admitted_sessions_is_told_to_retry(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    settings = Settings(db_pool_size=1, db_pool_timeout_seconds=0.05)
+    monkeypatch.setattr(deps, "get_settings", lambda: settings)
+    request_session = asynccontextmanager(deps.get_session)
+
+    def never_called(*_: object, **__: object) -> None:
+        raise AssertionError("work ran without a free session")
+
+    async def main() -> AppError:
+        db = deps.TenantDb(deps.request_session, "Bearer dk_unused")
+        async with request_session():  # the one admitted session stays open
+            with pytest.raises(AppError) as refused:
+                await db.read(never_called)
+        return refused.value
+
+    error = anyio.run(main)
+    assert (error.code, error.status, error.headers) == ("server_busy", 503, {"Retry-After": "1"})

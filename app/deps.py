@@ -28,7 +28,8 @@ def _admission_for_this_loop() -> tuple[anyio.Semaphore, anyio.CapacityLimiter]:
     try:
         return _admission.get()
     except LookupError:
-        size = get_settings().db_pool_size
+        settings = get_settings()
+        size = min(settings.api_db_sessions, settings.db_pool_size)
         pair = anyio.Semaphore(size), anyio.CapacityLimiter(size)
         _admission.set(pair)
         return pair
@@ -63,7 +64,7 @@ def _end(session: Session, *, commit: bool) -> None:
 async def get_session() -> AsyncIterator[Session]:
     """Request-scoped session; the request boundary commits, services never do.
 
-    At most `db_pool_size` requests hold a session at once; the others wait here, on the event
+    At most `api_db_sessions` requests hold a session at once; the others wait here, on the event
     loop, holding neither a thread nor a connection. Without that gate a request kept its
     connection while it waited for a thread, every thread waited for a connection, and the
     pool ran dry (issue 10: 500s and a 30 s stall at 64 clients). A wait longer than

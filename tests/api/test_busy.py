@@ -17,10 +17,15 @@ from app.error_handlers import install_error_handlers
 from app.errors import AppError
 
 
+@pytest.mark.parametrize(
+    "limits",
+    [{"db_pool_size": 2}, {"api_db_sessions": 2, "db_pool_size": 10}],
+    ids=["capped-by-the-pool", "api-db-sessions"],
+)
 def test_a_request_beyond_the_admitted_sessions_is_told_to_retry(
-    monkeypatch: pytest.MonkeyPatch,
+    monkeypatch: pytest.MonkeyPatch, limits: dict[str, int]
 ) -> None:
-    settings = Settings(db_pool_size=2, db_pool_timeout_seconds=0.05)
+    settings = Settings(**limits, db_pool_timeout_seconds=0.05)
     monkeypatch.setattr(deps, "get_settings", lambda: settings)
     request_session = asynccontextmanager(deps.get_session)
 

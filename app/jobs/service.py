@@ -151,7 +151,8 @@ def create_job(
     job = _new_job(session, settings=settings, tenant_id=tenant_id, request=request)
     lifecycle.queue(session, job, data={"task": job.config["task"], "teacher": job.teacher})
     public = to_public(job).model_copy(update={"webhook_secret": job.webhook_secret})
-    _answer(session, tenant_id, idempotency_key, 201, public.model_dump(mode="json"))
+    if idempotency_key:  # the answer a retry replays; without a key nothing needs it
+        _answer(session, tenant_id, idempotency_key, 201, public.model_dump(mode="json"))
     session.commit()
     if queue.Message(queue.RUN_JOB_TASK, job.id) in queue.unsent(session):
         _fail_unqueued(session, job, tenant_id=tenant_id, idempotency_key=idempotency_key)

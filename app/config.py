@@ -21,12 +21,16 @@ class Settings(BaseSettings):
     # Every worker of a deployment should use the same path: resuming checks the teacher's.
     scratch_dir: Path | None = None
 
-    # The connection pool of each process. The API admits at most db_pool_size request sessions
-    # at once (app.deps), so no request waits on the pool while it holds a thread; the overflow
-    # serves event streams, /readyz and the like. Processes x (size + overflow) must stay below
+    # The connection pool of each process. Processes x (size + overflow) must stay below
     # Postgres' max_connections (100 by default), the workers' connections included.
     db_pool_size: int = Field(default=10, ge=1)
     db_max_overflow: int = Field(default=10, ge=0)
+    # Request sessions an API process runs at once, each on a thread of its own (app.deps; at
+    # most db_pool_size, so no request waits on the pool while it holds a thread; the overflow
+    # serves event streams, /readyz and the like). Few: a process runs Python on one core at a
+    # time, and every thread past the few that cover the database's round trips only adds GIL
+    # hand-offs (issue 10: 4 instead of 10 cut a job read's CPU by about a third).
+    api_db_sessions: int = Field(default=4, ge=1)
     # A request that waits longer than this for a session answers 503 server_busy, Retry-After.
     db_pool_timeout_seconds: float = Field(default=10.0, gt=0)
 

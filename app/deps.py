@@ -2,22 +2,25 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable, Iterator
+from contextlib import AbstractContextManager, contextmanager
 from functools import partial
-from typing import Annotated
+from typing import Annotated, Any, TypeVar
 
 import anyio
 from anyio.lowlevel import RunVar
 from fastapi import Depends, Header
 from sqlalchemy.orm import Session
 
-from app.auth.service import authenticate
+from app.auth.service import authenticate, bearer_token
 from app.config import get_settings
-from app.db import session_factory
+from app.db import read_session_factory, session_factory
 from app.errors import server_busy
 
+T = TypeVar("T")
+
 # Per event loop (each uvicorn worker has one): the request sessions admitted at once, and the
-# threads their commit/close run on. Made on first use, sized from Settings.
+# threads their work runs on. Made on first use, sized from Settings.
 _admission: RunVar[tuple[anyio.Semaphore, anyio.CapacityLimiter]] = RunVar("db_admission")
 
 
@@ -25,10 +28,26 @@ def _admission_for_this_loop() -> tuple[anyio.Semaphore, anyio.CapacityLimiter]:
     try:
         return _admission.get()
     except LookupError:
-        size = get_settings().db_pool_size
+        settings = get_settings()
+        size = min(settings.api_db_sessions, settings.db_pool_size)
         pair = anyio.Semaphore(size), anyio.CapacityLimiter(size)
         _admission.set(pair)
         return pair
+
+
+async def _admit(gate: anyio.Semaphore) -> None:
+    """Wait on the event loop, holding neither a thread nor a connection; past
+    `db_pool_timeout_seconds`, 503 server_busy with Retry-After."""
+    try:
+        gate.acquire_nowait()  # the usual case: no timer to arm (fail_after's cost, ~4% of a read)
+        return
+    except anyio.WouldBlock:
+        pass
+    try:
+        with anyio.fail_after(get_settings().db_pool_timeout_seconds):
+            await gate.acquire()
+    except TimeoutError:
+        raise server_busy() from None
 
 
 def _end(session: Session, *, commit: bool) -> None:
@@ -45,18 +64,14 @@ def _end(session: Session, *, commit: bool) -> None:
 async def get_session() -> AsyncIterator[Session]:
     """Request-scoped session; the request boundary commits, services never do.
 
-    At most `db_pool_size` requests hold a session at once; the others wait here, on the event
+    At most `api_db_sessions` requests hold a session at once; the others wait here, on the event
     loop, holding neither a thread nor a connection. Without that gate a request kept its
     connection while it waited for a thread, every thread waited for a connection, and the
     pool ran dry (issue 10: 500s and a 30 s stall at 64 clients). A wait longer than
     `db_pool_timeout_seconds` answers 503 with Retry-After instead.
     """
     gate, threads = _admission_for_this_loop()
-    try:
-        with anyio.fail_after(get_settings().db_pool_timeout_seconds):
-            await gate.acquire()
-    except TimeoutError:
-        raise server_busy() from None
+    await _admit(gate)
     try:
         session = session_factory()()
         try:
@@ -88,6 +103,80 @@ def current_tenant(
 
 
 TenantDep = Annotated[str, Depends(current_tenant)]
+
+SessionScope = Callable[[bool], AbstractContextManager[Session]]
+
+
+@contextmanager
+def request_session(read_only: bool) -> Iterator[Session]:
+    """One request's unit of work: committed when the work returns, rolled back when it
+    raises, closed (the connection back in the pool) either way. Read-only work runs each
+    statement in its own transaction (no BEGIN/COMMIT round trips)."""
+    session = (read_session_factory if read_only else session_factory)()()
+    try:
+        yield session
+        session.commit()
+    except BaseException:
+        session.rollback()
+        raise
+    finally:
+        session.close()
+
+
+async def get_session_scope() -> SessionScope:
+    """Where TenantDb's sessions come from (the tests put theirs in a rolled-back transaction)."""
+    return request_session
+
+
+class TenantDb:
+    """A request's whole database work as one call on one worker thread: a session, the API
+    key's tenant, the work, the commit, the close.
+
+    Against SessionDep + TenantDep (a thread for the key lookup, one for the route, one for
+    the commit, and FastAPI's own for re-validating the answer), one hop and a session held
+    only while the work runs: about 40% less CPU per request (issue 10). The admission gate
+    is the same one, held only around the hop.
+    """
+
+    def __init__(self, scope: SessionScope, authorization: str | None) -> None:
+        self._scope = scope
+        self._authorization = authorization
+
+    async def run(self, work: Callable[..., T], /, **kwargs: Any) -> T:
+        """`work(session, tenant_id=<the key's tenant>, **kwargs)` in one transaction; 401
+        before any work without a valid key, 503 server_busy when no session is free in time."""
+        return await self._call(work, kwargs, read_only=False)
+
+    async def read(self, work: Callable[..., T], /, **kwargs: Any) -> T:
+        """As `run`, for work that writes nothing: each statement commits on its own."""
+        return await self._call(work, kwargs, read_only=True)
+
+    async def _call(self, work: Callable[..., T], kwargs: dict[str, Any], *, read_only: bool) -> T:
+        gate, threads = _admission_for_this_loop()
+        await _admit(gate)
+        try:
+            return await anyio.to_thread.run_sync(
+                partial(self._in_thread, work, kwargs, read_only), limiter=threads
+            )
+        finally:
+            gate.release()
+
+    def _in_thread(self, work: Callable[..., T], kwargs: dict[str, Any], read_only: bool) -> T:
+        with self._scope(read_only) as session:
+            return work(session, tenant_id=authenticate(session, self._authorization), **kwargs)
+
+
+async def tenant_db(
+    scope: Annotated[SessionScope, Depends(get_session_scope)],
+    authorization: Annotated[str | None, Header(description="Bearer <API key>")] = None,
+) -> TenantDb:
+    """401 here, before the body is read, for a request with no bearer key at all; a key
+    that is well formed but unknown or revoked answers 401 from `run`, which looks it up."""
+    bearer_token(authorization)
+    return TenantDb(scope, authorization)
+
+
+TenantDbDep = Annotated[TenantDb, Depends(tenant_db)]
 IdempotencyKeyHeader = Annotated[
     str | None,
     Header(

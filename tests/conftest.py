@@ -11,6 +11,7 @@ import os
 import tempfile
 import uuid
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 _RUN = str(os.getpid())
@@ -52,7 +53,7 @@ from sqlalchemy.orm import Session  # noqa: E402
 
 from app.config import get_settings  # noqa: E402
 from app.db import get_engine  # noqa: E402
-from app.deps import get_session  # noqa: E402
+from app.deps import SessionScope, get_session, get_session_scope  # noqa: E402
 from app.main import create_app  # noqa: E402
 from tests.factories import TINY_SENTIMENT, read_jsonl, save_tiny_bert, tiny_vocab  # noqa: E402
 
@@ -135,7 +136,20 @@ def client(db_session: Session, queue: redis.Redis) -> Iterator[TestClient]:
             db_session.rollback()
             raise
 
+    @contextmanager
+    def _scope(read_only: bool) -> Iterator[Session]:  # the boundary of deps.request_session
+        try:
+            yield db_session
+            db_session.commit()
+        except BaseException:
+            db_session.rollback()
+            raise
+
+    async def _session_scope() -> SessionScope:
+        return _scope
+
     app.dependency_overrides[get_session] = _session
+    app.dependency_overrides[get_session_scope] = _session_scope
     with TestClient(app, headers={"Authorization": f"Bearer {api_key}"}) as test_client:
         test_client.tenant = tenant  # type: ignore[attr-defined]
         yield test_client

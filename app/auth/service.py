@@ -67,16 +67,22 @@ def list_keys(session: Session, *, tenant_id: str | None) -> Sequence[ApiKey]:
     return repository.keys(session, tenant_id=tenant_id)
 
 
-def authenticate(session: Session, authorization: str | None) -> str:
-    """The tenant of a valid, unrevoked bearer key; 401 otherwise (same answer for every
-    failure, so a caller learns nothing about which keys exist)."""
+def bearer_token(authorization: str | None) -> str:
+    """The key in 'Authorization: Bearer <key>'; 401 when the header is missing or malformed
+    (checked before anything else, without the database)."""
     scheme, _, token = (authorization or "").partition(" ")
     if scheme.lower() != "bearer" or not token.strip():
         raise AppError("unauthorized", "send 'Authorization: Bearer <API key>'", 401)
-    key = repository.key_by_hash(session, hash_key(token.strip()))
-    if key is None or key.revoked_at is not None:
+    return token.strip()
+
+
+def authenticate(session: Session, authorization: str | None) -> str:
+    """The tenant of a valid, unrevoked bearer key; 401 otherwise (same answer for every
+    failure, so a caller learns nothing about which keys exist)."""
+    tenant = repository.tenant_of_active_key(session, hash_key(bearer_token(authorization)))
+    if tenant is None:
         raise AppError("unauthorized", "the API key is invalid or revoked", 401)
-    return key.tenant_id
+    return tenant
 
 
 def upload_limit(session: Session, *, settings: Settings, tenant_id: str, default: int) -> int:

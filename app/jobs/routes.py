@@ -4,13 +4,13 @@ from datetime import datetime
 from typing import Annotated, Any, get_args
 
 from fastapi import APIRouter, Header, Query, status
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
 from pydantic import BeforeValidator
 from sse_starlette.sse import EventSourceResponse
 
 from app import idempotency
 from app.config import get_settings
-from app.deps import IdempotencyKeyHeader, SessionDep, TenantDep
+from app.deps import IdempotencyKeyHeader, SessionDep, TenantDbDep, TenantDep
 from app.jobs import events, service
 from app.jobs.schemas import (
     CheckpointPublic,
@@ -22,6 +22,7 @@ from app.jobs.schemas import (
 )
 from app.openapi import errors
 from app.pagination import AfterQuery, LimitQuery, Page
+from app.responses import json_response
 from app.storage import get_storage
 from contract.vocab import JobStatusName
 
@@ -65,50 +66,41 @@ StatusQuery = Annotated[str | None, Query(pattern=f"^({'|'.join(get_args(JobStat
         "queue_unavailable",
     ),
 )
-def create_job(
+async def create_job(
     body: JobCreate,
-    session: SessionDep,
-    tenant: TenantDep,
+    db: TenantDbDep,
     idempotency_key: IdempotencyKeyHeader = None,
-) -> Any:
+) -> Response:
     """Create a distillation job and queue it. Retry safely with an `Idempotency-Key`."""
-    created = service.create_job(
-        session,
+    created = await db.run(
+        service.create_job,
         settings=get_settings(),
-        tenant_id=tenant,
         request=body,
         idempotency_key=idempotency_key,
     )
     if isinstance(created, idempotency.Replay):
         return JSONResponse(created.body, status_code=created.status_code)
-    return created
+    return json_response(created, status.HTTP_201_CREATED)
 
 
 @router.get("", response_model=Page[JobPublic], responses=errors("invalid_request"))
-def list_jobs(
-    session: SessionDep,
-    tenant: TenantDep,
+async def list_jobs(
+    db: TenantDbDep,
     limit: LimitQuery = 20,
     after: AfterQuery = None,
     status: StatusQuery = None,
     created_after: CreatedAfterQuery = None,
-) -> Page[JobPublic]:
+) -> Response:
     """Jobs, newest first; `next_cursor` is stable while new jobs arrive."""
-    rows, has_more = service.list_jobs(
-        session,
-        tenant_id=tenant,
-        limit=limit,
-        after=after,
-        status=status,
-        created_after=created_after,
+    page = await db.read(
+        service.list_jobs_page, limit=limit, after=after, status=status, created_after=created_after
     )
-    data = [service.to_public(j) for j in rows]
-    return Page(data=data, has_more=has_more, next_cursor=data[-1].id if has_more else None)
+    return json_response(page)
 
 
 @router.get("/{job_id}", response_model=JobPublic, responses=errors("job_not_found"))
-def get_job(job_id: str, session: SessionDep, tenant: TenantDep) -> JobPublic:
-    return service.to_public(service.get_job(session, tenant_id=tenant, job_id=job_id))
+async def get_job(job_id: str, db: TenantDbDep) -> Response:
+    return json_response(await db.read(service.get_job_public, job_id=job_id))
 
 
 @router.post(

@@ -30,6 +30,7 @@ from app.jobs.schemas import (
     StepMetrics,
     WebhookDeliveryPublic,
 )
+from app.pagination import Page
 from app.storage import Storage
 from app.teachers import catalog
 from app.teachers import repository as teachers_repository
@@ -150,7 +151,8 @@ def create_job(
     job = _new_job(session, settings=settings, tenant_id=tenant_id, request=request)
     lifecycle.queue(session, job, data={"task": job.config["task"], "teacher": job.teacher})
     public = to_public(job).model_copy(update={"webhook_secret": job.webhook_secret})
-    _answer(session, tenant_id, idempotency_key, 201, public.model_dump(mode="json"))
+    if idempotency_key:  # the answer a retry replays; without a key nothing needs it
+        _answer(session, tenant_id, idempotency_key, 201, public.model_dump(mode="json"))
     session.commit()
     if queue.Message(queue.RUN_JOB_TASK, job.id) in queue.unsent(session):
         _fail_unqueued(session, job, tenant_id=tenant_id, idempotency_key=idempotency_key)
@@ -313,6 +315,31 @@ def list_jobs(
         created_after=created_after,
     )
     return rows[:limit], len(rows) > limit
+
+
+def get_job_public(session: Session, *, tenant_id: str, job_id: str) -> JobPublic:
+    return to_public(get_job(session, tenant_id=tenant_id, job_id=job_id))
+
+
+def list_jobs_page(
+    session: Session,
+    *,
+    tenant_id: str,
+    limit: int,
+    after: str | None,
+    status: str | None,
+    created_after: datetime | None,
+) -> Page[JobPublic]:
+    rows, has_more = list_jobs(
+        session,
+        tenant_id=tenant_id,
+        limit=limit,
+        after=after,
+        status=status,
+        created_after=created_after,
+    )
+    data = [to_public(j) for j in rows]
+    return Page(data=data, has_more=has_more, next_cursor=data[-1].id if has_more else None)
 
 
 def cancel_job(session: Session, *, tenant_id: str, job_id: str) -> Job:

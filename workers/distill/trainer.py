@@ -7,7 +7,8 @@
     │   ├─ finetune_step | distill_step  steps.py: a table of loss terms
     │   │   └─ teacher targets           teacher_cache.py: computed once per stage, not per step
     │   └─ train_stage                   fused AdamW, transformers' scheduler, checkpoints;
-    │                                    losses synced and stop polled in bursts (steplog.py)
+    │                                    losses synced and stop polled in bursts (steplog.py);
+    │                                    the embedding trained on its used rows (used_rows.py)
     └─ finish                            finish.py: evaluation, latency, export, metrics.json
 """
 

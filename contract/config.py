@@ -52,10 +52,11 @@ class StudentConfig(_Frozen):
     A student copied or sliced from the teacher takes the teacher layers that
     distillation.layer_map names ("uniform", "top", "bottom" or a list of teacher layer
     numbers, 1-based, one per student layer). Without an explicit num_attention_heads it keeps
-    whole teacher heads (see PRESETS). `select` says which teacher features a narrower student
-    keeps: "importance" ranks residual features, heads (per layer) and feed-forward units
-    (per layer) by their mean activation on a few seeded training batches; "first" takes the
-    first ones. Kept indices stay in the teacher's order.
+    whole teacher heads: hidden_size / the teacher's head width heads, when that divides
+    (bert-2l-128d from a 12 x 32 teacher: 4 heads of 32). `select` says which teacher
+    features a narrower student keeps: "importance" ranks residual features, heads (per layer)
+    and feed-forward units (per layer) by their mean activation on a few seeded training
+    batches; "first" takes the first ones. Kept indices stay in the teacher's order.
     """
 
     preset: PresetName | None = "tinybert-4l-312d"

@@ -72,6 +72,9 @@ class StudentConfig(_Frozen):
         "auto"
     )
     init_model: str | None = Field(default=None, min_length=1, max_length=500)
+    # importance by default: bert-2l-128d sliced from all-MiniLM-L6-v2 fine-tuned on 2000
+    # rt-polarity rows (seq 64, 10 + 3 epochs) scored 0.658 / 0.656 test accuracy (macro-F1
+    # 0.615 / 0.619) at seeds 42 / 7 against 0.643 / 0.646 (0.580 / 0.588) with "first"
     select: Literal["importance", "first"] = "importance"
     trim_vocab: bool = False
 

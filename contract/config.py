@@ -23,6 +23,11 @@ class StudentDims(NamedTuple):
     intermediate_size: int
 
 
+# The head counts are those of a student built from scratch. A student copied or sliced from the
+# teacher (init teacher_layers / teacher_select, or auto when it is no wider) whose head count
+# comes from its preset keeps whole teacher heads instead: hidden_size / the teacher's head
+# width heads, when that divides (bert-2l-128d from a 12 x 32 teacher: 4 heads of 32, not 2 of
+# 64 that would each mix two teacher heads). The resolved config says which.
 PRESETS: dict[str, StudentDims] = {
     "tinybert-4l-312d": StudentDims(4, 312, 12, 1200),
     "tinybert-6l-768d": StudentDims(6, 768, 12, 3072),
@@ -42,7 +47,17 @@ class _Frozen(BaseModel):
 
 
 class StudentConfig(_Frozen):
-    """The student's shape and where its first weights come from."""
+    """The student's shape and where its first weights come from.
+
+    A student copied or sliced from the teacher takes the teacher layers that
+    distillation.layer_map names ("uniform", "top", "bottom" or a list of teacher layer
+    numbers, 1-based, one per student layer). Without an explicit num_attention_heads it keeps
+    whole teacher heads: hidden_size / the teacher's head width heads, when that divides
+    (bert-2l-128d from a 12 x 32 teacher: 4 heads of 32). `select` says which teacher
+    features a narrower student keeps: "importance" ranks residual features, heads (per layer)
+    and feed-forward units (per layer) by their mean activation on a few seeded training
+    batches; "first" takes the first ones. Kept indices stay in the teacher's order.
+    """
 
     preset: PresetName | None = "tinybert-4l-312d"
     num_layers: int | None = Field(default=None, ge=1, le=48)
@@ -57,6 +72,10 @@ class StudentConfig(_Frozen):
         "auto"
     )
     init_model: str | None = Field(default=None, min_length=1, max_length=500)
+    # importance by default: bert-2l-128d sliced from all-MiniLM-L6-v2 fine-tuned on 2000
+    # rt-polarity rows (seq 64, 10 + 3 epochs) scored 0.658 / 0.656 test accuracy (macro-F1
+    # 0.615 / 0.619) at seeds 42 / 7 against 0.643 / 0.646 (0.580 / 0.588) with "first"
+    select: Literal["importance", "first"] = "importance"
     trim_vocab: bool = False
 
     @model_validator(mode="after")

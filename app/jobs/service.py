@@ -274,7 +274,14 @@ def _init_from(session: Session, *, tenant_id: str, request: JobCreate) -> dict[
             field="init_from.job",
         )
     theirs = StudentConfig.model_validate(source.config["student"])
-    if theirs.dims() != request.student.dims() or theirs.trim_vocab or request.student.trim_vocab:
+    # the head count is no tensor's shape: the source's resolved config may name more heads
+    # than its preset (a student sliced from its teacher), and the worker takes the checkpoint's
+    if (
+        theirs.dims()._replace(num_attention_heads=0)
+        != request.student.dims()._replace(num_attention_heads=0)
+        or theirs.trim_vocab
+        or request.student.trim_vocab
+    ):
         raise AppError(
             "checkpoint_incompatible",
             f"job '{source.id}' trained a student "

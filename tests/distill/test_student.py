@@ -275,3 +275,233 @@ def test_a_general_student_reused_by_a_task_job_keeps_its_projections(
     assert body is not None  # a base model's tensors, under the task model's "bert."
     key = "embeddings.word_embeddings.weight"
     assert torch.equal(student.model.state_dict()[f"bert.{key}"], body[key])
+
+
+# --- narrow students that inherit from the teacher ------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def wide_heads_teacher_dir(tmp_path_factory: pytest.TempPathFactory, vocab: list[str]) -> Path:
+    """2 layers, 12 heads of 32 (384 wide, as all-MiniLM-L6-v2), an FFN of 512."""
+    return save_tiny_bert(
+        tmp_path_factory.mktemp("teacher-12x32"),
+        vocab,
+        layers=2,
+        hidden=384,
+        heads=12,
+        intermediate=512,
+    )
+
+
+def _calibration(teacher, examples) -> list[dict[str, torch.Tensor]]:
+    from workers.distill.data import encode
+    from workers.distill.student import calibration_batches
+
+    rows = encode(
+        examples,
+        teacher.tokenizer,
+        max_length=64,
+        task="classification",
+        label2id={"neg": 0, "pos": 1},
+    )
+    return calibration_batches(rows, pad_id=0, seed=42)
+
+
+def test_a_sliced_preset_keeps_whole_teacher_heads(wide_heads_teacher_dir: Path) -> None:
+    """bert-2l-128d from a 12 x 32 teacher: 4 heads of 32, each an exact teacher head."""
+    teacher = load_teacher(
+        str(wide_heads_teacher_dir), task="classification", train_labels=["neg", "pos"]
+    )
+    config = DistillConfig.model_validate(
+        {"student": {"preset": "bert-2l-128d", "init": "teacher_select", "select": "first"}}
+    )
+    student = build_student(config, teacher=teacher)
+    c = student.config
+    assert (c.hidden_size, c.num_attention_heads) == (128, 4)
+    hidden = torch.arange(128)
+    t_layers, s_layers = teacher.model.bert.encoder.layer, student.bert.encoder.layer
+    for m, g in enumerate([1, 2]):
+        for name in ("query", "key", "value"):
+            w_s = getattr(s_layers[m].attention.self, name).weight
+            w_t = getattr(t_layers[g - 1].attention.self, name).weight
+            for h in range(4):  # student head h is teacher head h, all 32 of its rows
+                rows = slice(h * 32, (h + 1) * 32)
+                assert torch.equal(w_s[rows], w_t[rows][:, hidden]), (name, h)
+    # a random-init student keeps the catalog's head count
+    random = DistillConfig.model_validate({"student": {"preset": "bert-2l-128d", "init": "random"}})
+    assert build_student(random, teacher=teacher).config.num_attention_heads == 2
+    # an explicit head count is the user's
+    explicit = DistillConfig.model_validate(
+        {"student": {"preset": "bert-2l-128d", "num_attention_heads": 2}}
+    )
+    assert build_student(explicit, teacher=teacher).config.num_attention_heads == 2
+
+
+def test_the_resolved_config_names_the_sliced_head_count(wide_heads_teacher_dir: Path) -> None:
+    from workers.distill.student import with_student_heads
+
+    teacher = load_teacher(
+        str(wide_heads_teacher_dir), task="classification", train_labels=["neg", "pos"]
+    )
+    config = DistillConfig.model_validate({"student": {"preset": "bert-2l-128d"}})
+    resolved = with_student_heads(config, teacher.model.config)
+    assert resolved.student.dims() == (2, 128, 4, 512)
+    assert with_student_heads(resolved, teacher.model.config) == resolved
+
+
+def test_importance_keeps_the_features_the_teacher_uses_most(
+    wide_heads_teacher_dir: Path, train_examples
+) -> None:
+    """Features made loud in a teacher are the ones a sliced student keeps, every time."""
+    teacher = load_teacher(
+        str(wide_heads_teacher_dir), task="classification", train_labels=["neg", "pos"]
+    )
+    loud_hidden = torch.tensor([3, 50, 77, 200, 381])
+    loud_heads = [torch.tensor([1, 5, 9, 11]), torch.tensor([0, 2, 7, 10])]
+    loud_inner = torch.tensor([10, 99, 300, 511])
+    with torch.no_grad():
+        bert = teacher.model.bert
+        for norm in [bert.embeddings.LayerNorm] + [
+            layer.output.LayerNorm for layer in bert.encoder.layer
+        ]:
+            norm.weight.copy_(1 + 1e-4 * torch.arange(384))  # distinct: traceable in the student
+            norm.weight[loud_hidden] *= 20
+        for layer, heads in zip(bert.encoder.layer, loud_heads, strict=True):
+            value = layer.attention.self.value
+            for h in heads:
+                value.weight[h * 32 : (h + 1) * 32] *= 20
+                value.bias[h * 32 : (h + 1) * 32] *= 20
+            layer.intermediate.dense.bias.copy_(1e-4 * torch.arange(512))
+            layer.intermediate.dense.bias[loud_inner] += 20
+    config = DistillConfig.model_validate(
+        {
+            "student": {
+                "preset": None,
+                "num_layers": 2,
+                "hidden_size": 128,
+                "intermediate_size": 256,
+                "num_attention_heads": 4,
+                "init": "teacher_select",
+            }
+        }
+    )
+    calibration = _calibration(teacher, train_examples)
+    student = build_student(config, teacher=teacher, calibration=calibration)
+    s_emb, t_emb = student.bert.embeddings, teacher.model.bert.embeddings
+    kept = [
+        int((t_emb.LayerNorm.weight == w).nonzero()[0]) for w in s_emb.LayerNorm.weight.tolist()
+    ]
+    assert kept == sorted(kept)  # the teacher's order
+    assert set(loud_hidden.tolist()) <= set(kept)
+    for s_layer, t_layer, heads in zip(
+        student.bert.encoder.layer, bert.encoder.layer, loud_heads, strict=True
+    ):
+        hidden = torch.tensor(kept)
+        w_s, w_t = s_layer.attention.self.value.weight, t_layer.attention.self.value.weight
+        for slot, h in enumerate(heads.tolist()):
+            rows_t = slice(h * 32, (h + 1) * 32)
+            assert torch.equal(w_s[slot * 32 : (slot + 1) * 32], w_t[rows_t][:, hidden])
+        b_s, b_t = s_layer.intermediate.dense.bias, t_layer.intermediate.dense.bias
+        units = [int((b_t == b).nonzero()[0]) for b in b_s.tolist()]
+        assert set(loud_inner.tolist()) <= set(units) and units == sorted(units)
+    again = build_student(config, teacher=teacher, calibration=calibration)
+    for (name, a), b in zip(student.state_dict().items(), again.state_dict().values(), strict=True):
+        assert torch.equal(a, b), name
+    # "first" ignores the scores
+    first = config.model_copy(
+        update={"student": config.student.model_copy(update={"select": "first"})}
+    )
+    firsts = build_student(first, teacher=teacher, calibration=calibration)
+    assert torch.equal(firsts.bert.embeddings.LayerNorm.weight, t_emb.LayerNorm.weight[:128])
+
+
+def test_a_student_keeping_every_feature_computes_the_teacher(
+    teacher_dir: Path, train_examples
+) -> None:
+    """Ranking by importance, then keeping all of it, is the teacher itself."""
+    teacher = load_teacher(str(teacher_dir), task="classification", train_labels=["neg", "pos"])
+    config = DistillConfig.model_validate(
+        {
+            "student": {
+                "preset": None,
+                "num_layers": 4,
+                "hidden_size": 32,
+                "num_attention_heads": 4,
+                "intermediate_size": 64,
+                "init": "teacher_select",
+            }
+        }
+    )
+    calibration = _calibration(teacher, train_examples)
+    student = build_student(config, teacher=teacher, calibration=calibration).eval()
+    teacher.model.eval()
+    batch = {k: v for k, v in calibration[0].items() if k != "labels"}
+    with torch.no_grad():
+        torch.testing.assert_close(student(**batch).logits, teacher.model(**batch).logits)
+
+
+def test_importance_projections_map_each_feature_back_to_its_teacher_feature(
+    wide_heads_teacher_dir: Path, train_examples
+) -> None:
+    from workers.distill.student import create_student
+    from workers.distill.trim_vocab import StudentVocab
+
+    teacher = load_teacher(
+        str(wide_heads_teacher_dir), task="classification", train_labels=["neg", "pos"]
+    )
+    from workers.distill.data import encode
+
+    rows = encode(
+        train_examples,
+        teacher.tokenizer,
+        max_length=64,
+        task="classification",
+        label2id={"neg": 0, "pos": 1},
+    )
+    config = DistillConfig.model_validate({"student": {"preset": "bert-2l-128d"}})
+    student = create_student(
+        config,
+        teacher=teacher,
+        vocab=StudentVocab(teacher.tokenizer),
+        device=torch.device("cpu"),
+        data=rows,
+        pad_id=0,
+    )
+    s_norm = student.model.bert.embeddings.LayerNorm.weight
+    t_norm = teacher.model.bert.embeddings.LayerNorm.weight
+    x = torch.randn(1, 3, 128)
+    back = student.projections.hidden(x)  # (1, 3, 384): zero but where a feature came from
+    kept = back.abs().sum(dim=(0, 1)).nonzero().flatten()
+    assert len(kept) == 128
+    assert torch.equal(t_norm[kept], s_norm)
+
+
+def test_a_listed_layer_map_chooses_the_teacher_layers(teacher_dir: Path) -> None:
+    teacher = load_teacher(str(teacher_dir), task="classification", train_labels=["neg", "pos"])
+    config = DistillConfig.model_validate(
+        {
+            "student": {
+                "preset": None,
+                "num_layers": 2,
+                "hidden_size": 32,
+                "num_attention_heads": 4,
+                "intermediate_size": 64,
+            },
+            "distillation": {"layer_map": [1, 3]},
+        }
+    )
+    student = build_student(config, teacher=teacher)
+    t_layers, s_layers = teacher.model.bert.encoder.layer, student.bert.encoder.layer
+    for m, g in enumerate([1, 3]):
+        for p_s, p_t in zip(s_layers[m].parameters(), t_layers[g - 1].parameters(), strict=True):
+            assert torch.equal(p_s, p_t)
+    with pytest.raises(DistillError) as caught:
+        build_student(
+            config.model_copy(
+                update={
+                    "distillation": config.distillation.model_copy(update={"layer_map": [1, 9]})
+                }
+            ),
+            teacher=teacher,
+        )
+    assert caught.value.code == "config_invalid"

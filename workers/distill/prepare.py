@@ -17,6 +17,7 @@ from .checkpoint import run_fingerprint
 from .data import Batches, Encoded, encode, holdout
 from .errors import DistillError
 from .losses import NO_CLASS
+from .student import with_student_heads
 from .teacher import Teacher, load_teacher
 from .trim_vocab import StudentVocab, student_vocab
 
@@ -68,6 +69,7 @@ def prepare(
         teacher_width=int(teacher.model.config.hidden_size),
         num_task_examples=len(task_enc),
     )
+    config = with_student_heads(config, teacher.model.config)
     report.callbacks.on_config(config)
     return Prepared(
         config=config,

@@ -114,6 +114,8 @@ def run(
         device=device,
         init_model=init_model,
         init_checkpoint=init_checkpoint,
+        data=ready.train,
+        pad_id=ready.pad_id,
     )
 
     student: Student | None = None

@@ -323,6 +323,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="epochs of every stage (hyperparameters.epochs); 0 = the engine recipe",
     )
     p.add_argument("--student", default="tinybert-4l-312d", choices=sorted(PRESETS))
+    p.add_argument(
+        "--student-select",
+        choices=("importance", "first"),
+        default=None,
+        help="student.select for a sliced student; default: the service's",
+    )
     p.add_argument("--max-seq-length", type=int, default=128)
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--seed", type=int, default=42)
@@ -376,6 +382,7 @@ def main(argv: list[str] | None = None) -> int:
         "dataset": DATASET,
         "teacher": TEACHER,
         "student": a.student,
+        "student_select": a.student_select,
         "train_limit": a.train_limit or None,
         "dev_limit": a.dev_limit or None,
         "test_limit": a.test_limit or None,
@@ -459,7 +466,8 @@ def run_job(
         "teacher": TEACHER,
         "dataset": train_ds["id"],
         "validation_dataset": dev_ds["id"],
-        "student": {"preset": a.student},
+        "student": {"preset": a.student}
+        | ({"select": a.student_select} if a.student_select else {}),
         "hyperparameters": hyper,
         "seed": a.seed,
     }

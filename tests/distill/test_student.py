@@ -382,6 +382,7 @@ def test_importance_keeps_the_features_the_teacher_uses_most(
                 "intermediate_size": 256,
                 "num_attention_heads": 4,
                 "init": "teacher_select",
+                "select": "importance",
             }
         }
     )
@@ -429,6 +430,7 @@ def test_a_student_keeping_every_feature_computes_the_teacher(
                 "num_attention_heads": 4,
                 "intermediate_size": 64,
                 "init": "teacher_select",
+                "select": "importance",
             }
         }
     )
@@ -458,7 +460,9 @@ def test_importance_projections_map_each_feature_back_to_its_teacher_feature(
         task="classification",
         label2id={"neg": 0, "pos": 1},
     )
-    config = DistillConfig.model_validate({"student": {"preset": "bert-2l-128d"}})
+    config = DistillConfig.model_validate(
+        {"student": {"preset": "bert-2l-128d", "select": "importance"}}
+    )
     student = create_student(
         config,
         teacher=teacher,

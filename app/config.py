@@ -34,6 +34,9 @@ class Settings(BaseSettings):
     # A request that waits longer than this for a session answers 503 server_busy, Retry-After.
     db_pool_timeout_seconds: float = Field(default=10.0, gt=0)
 
+    # `make run`'s port on 127.0.0.1.
+    dev_port: int = Field(default=8000, ge=1, le=65535)
+
     queue_name: str = "distill"
     # Webhooks have their own queue and a light worker, so a long training job never delays them.
     webhook_queue_name: str = "webhooks"

@@ -1,14 +1,23 @@
-"""`make run`: the API on 127.0.0.1:8000 plus supervised workers, on the embedded default."""
+"""`make run`: the API on 127.0.0.1:8000 plus supervised workers, on the embedded default.
+
+The workers end with the devserver however it ends: SIGTERM or Ctrl-C stop them (a signal
+handler, because uvicorn re-raises the signal it caught as it exits, and the process dies
+before a `finally` runs), and on Linux the kernel sends them SIGTERM when it dies any other way
+(SIGKILL, a crash: PR_SET_PDEATHSIG). Once stopping, nothing is restarted.
+"""
 
 from __future__ import annotations
 
+import ctypes
 import logging
 import os
 import signal
 import subprocess
 import sys
 import threading
+from functools import partial
 from pathlib import Path
+from types import FrameType
 
 import uvicorn
 
@@ -55,8 +64,9 @@ class Supervisor:
         threading.Thread(target=self._loop, name="worker-supervisor", daemon=True).start()
 
     def _loop(self) -> None:
+        parent = os.getpid()
         while not self.stopping.is_set():
-            self.proc = subprocess.Popen(self.command)
+            self.proc = subprocess.Popen(self.command, preexec_fn=partial(_die_with, parent))
             code = self.proc.wait()
             if not self.stopping.is_set():
                 log.warning("worker exited with %s; starting a new one", code)
@@ -70,6 +80,20 @@ class Supervisor:
                 self.proc.wait(timeout=30)
             except subprocess.TimeoutExpired:
                 self.proc.kill()
+
+
+PR_SET_PDEATHSIG = 1  # linux/prctl.h
+# Looked up here, not in the child: between fork and exec the child should only make calls
+_prctl = ctypes.CDLL(None, use_errno=True).prctl if sys.platform == "linux" else None
+
+
+def _die_with(parent: int) -> None:
+    """In the child, before exec: SIGTERM when the thread that started it ends (Linux)."""
+    if _prctl is None:
+        return
+    _prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+    if os.getppid() != parent:  # the devserver died before the line above: nobody would tell
+        os._exit(1)
 
 
 def local_api_key(path: Path) -> str:
@@ -107,12 +131,22 @@ def main() -> None:
             )
         ),
     ]
+
+    def stop_all(signum: int, _frame: FrameType | None) -> None:
+        for supervisor in supervisors:
+            supervisor.stop()
+        raise SystemExit(128 + signum)
+
+    # uvicorn swaps in its own handlers while it serves and, as it exits, re-raises the signal
+    # it caught against these: the workers stop before the devserver does
+    signal.signal(signal.SIGTERM, stop_all)
+    signal.signal(signal.SIGINT, stop_all)
     for supervisor in supervisors:
         supervisor.start()
     key_file = Path("var/local-api-key")
     key = local_api_key(key_file)
     print(
-        "Distillery API on http://127.0.0.1:8000 (docs: /docs); "
+        f"Distillery API on http://127.0.0.1:{settings.dev_port} (docs: /docs); "
         f"database {settings.database_url}\n"
         f"Local API key (tenant '{settings.default_tenant}', kept in {key_file}):\n  {key}\n"
         f"  export DISTILLERY_API_KEY={key}",
@@ -120,7 +154,13 @@ def main() -> None:
     )
     try:
         # One process whatever WEB_CONCURRENCY says: SQLite takes one writer at a time.
-        uvicorn.run("app.main:create_app", factory=True, host="127.0.0.1", port=8000, workers=1)
+        uvicorn.run(
+            "app.main:create_app",
+            factory=True,
+            host="127.0.0.1",
+            port=settings.dev_port,
+            workers=1,
+        )
     finally:
         for supervisor in supervisors:
             supervisor.stop()

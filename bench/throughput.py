@@ -215,7 +215,8 @@ class Plain:
         from transformers import BertForSequenceClassification
 
         from workers.distill.layer_map import layer_map
-        from workers.distill.student import Projections, copy_teacher_layers
+        from workers.distill.selection import copy_teacher_layers
+        from workers.distill.student import Projections
 
         dims = config.student.dims()
         cfg = self.teacher.config.__class__.from_dict(self.teacher.config.to_dict())

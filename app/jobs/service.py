@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import base64
 import secrets
-from collections.abc import Sequence
 from datetime import datetime
 from typing import Any, NoReturn, cast
 
@@ -304,26 +303,6 @@ def get_job(session: Session, *, tenant_id: str, job_id: str, field: str | None 
     return job
 
 
-def list_jobs(
-    session: Session,
-    *,
-    tenant_id: str,
-    limit: int,
-    after: str | None,
-    status: str | None,
-    created_after: datetime | None,
-) -> tuple[Sequence[Job], bool]:
-    rows = repository.page(
-        session,
-        tenant_id=tenant_id,
-        limit=limit,
-        after=after,
-        status=status,
-        created_after=created_after,
-    )
-    return rows[:limit], len(rows) > limit
-
-
 def get_job_public(session: Session, *, tenant_id: str, job_id: str) -> JobPublic:
     return to_public(get_job(session, tenant_id=tenant_id, job_id=job_id))
 
@@ -337,7 +316,7 @@ def list_jobs_page(
     status: str | None,
     created_after: datetime | None,
 ) -> Page[JobPublic]:
-    rows, has_more = list_jobs(
+    rows = repository.page(
         session,
         tenant_id=tenant_id,
         limit=limit,
@@ -345,7 +324,8 @@ def list_jobs_page(
         status=status,
         created_after=created_after,
     )
-    data = [to_public(j) for j in rows]
+    has_more = len(rows) > limit  # the repository reads one row past the page
+    data = [to_public(j) for j in rows[:limit]]
     return Page(data=data, has_more=has_more, next_cursor=data[-1].id if has_more else None)
 
 

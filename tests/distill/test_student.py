@@ -295,7 +295,7 @@ def wide_heads_teacher_dir(tmp_path_factory: pytest.TempPathFactory, vocab: list
 
 def _calibration(teacher, examples) -> list[dict[str, torch.Tensor]]:
     from workers.distill.data import encode
-    from workers.distill.student import calibration_batches
+    from workers.distill.selection import calibration_batches
 
     rows = encode(
         examples,

@@ -112,6 +112,10 @@ def local_api_key(path: Path) -> str:
 
 def main() -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    # Local development posts webhooks to receivers on this machine (http, 127.0.0.1); the
+    # workers inherit it. Production leaves it false: https to public addresses only.
+    os.environ.setdefault("DISTILLERY_WEBHOOK_ALLOW_PRIVATE_NETWORKS", "true")
+    get_settings.cache_clear()
     settings = get_settings()
     for path in (settings.storage_dir, settings.model_dir):
         Path(path).mkdir(parents=True, exist_ok=True)

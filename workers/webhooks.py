@@ -6,16 +6,16 @@ import json
 import logging
 from datetime import UTC, datetime
 
-import httpx
 from standardwebhooks.webhooks import Webhook
 
+from app.config import Settings, get_settings
 from app.db import session_factory
 from app.jobs import repository
 from app.jobs.service import to_public
 from app.tables import Job, WebhookDelivery
+from workers.webhook_http import post
 
 log = logging.getLogger(__name__)
-TIMEOUT_S = 10.0
 MAX_ATTEMPTS = 6
 EVENT_FOR_STATUS = {
     "succeeded": "job.succeeded",
@@ -29,8 +29,11 @@ def backoff_seconds(attempt: int) -> int:
     return int(4 ** (attempt - 1))
 
 
-def deliver(job_id: str, *, message_id: str, attempt: int) -> bool:
+def deliver(
+    job_id: str, *, message_id: str, attempt: int, settings: Settings | None = None
+) -> bool:
     """One attempt; True when the receiver answered 2xx (or there is nothing to send)."""
+    settings = settings or get_settings()
     sessions = session_factory()
     with sessions() as s:
         job = s.get(Job, job_id)
@@ -55,17 +58,8 @@ def deliver(job_id: str, *, message_id: str, attempt: int) -> bool:
         "webhook-timestamp": str(int(now.timestamp())),
         "webhook-signature": Webhook(secret).sign(message_id, now, payload),
     }
-    status_code: int | None = None
-    error: str | None = None
-    try:
-        response = httpx.post(
-            url, content=payload, headers=headers, timeout=TIMEOUT_S, follow_redirects=False
-        )
-        status_code = response.status_code
-        if not response.is_success:
-            error = f"the receiver answered {status_code}"
-    except httpx.HTTPError as exc:
-        error = f"{type(exc).__name__}: {exc}"
+    outcome = post(url, content=payload.encode(), headers=headers, settings=settings)
+    status_code, error = outcome.status_code, outcome.error
     ok = error is None
     with sessions.begin() as s:
         repository.add_delivery(

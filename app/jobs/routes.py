@@ -62,6 +62,7 @@ StatusQuery = Annotated[str | None, Query(pattern=f"^({'|'.join(get_args(JobStat
         "dataset_incompatible",
         "checkpoint_not_found",
         "checkpoint_incompatible",
+        "webhook_url_forbidden",
         "too_many_jobs",
         "queue_unavailable",
     ),

@@ -17,7 +17,7 @@ from app.datasets.models import Dataset
 from app.datasets.service import get_dataset
 from app.errors import AppError, error_body, field_from_loc
 from app.ids import new_id
-from app.jobs import lifecycle, repository
+from app.jobs import lifecycle, repository, webhook_targets
 from app.jobs.models import Job
 from app.jobs.schemas import (
     CheckpointPublic,
@@ -206,6 +206,7 @@ def _new_job(session: Session, *, settings: Settings, tenant_id: str, request: J
         session, settings=settings, tenant_id=tenant_id, teacher=request.teacher
     )
     _check_student_init(session, settings=settings, tenant_id=tenant_id, request=request)
+    _check_webhook_url(request, settings=settings)
     task = request.task or TASK_FOR_LABELS[train.label_type]
     _check_datasets(task, train, validation)
     config = _resolved_config(request, task=task, train=train, teacher_width=teacher_width)
@@ -290,6 +291,17 @@ def _init_from(session: Session, *, tenant_id: str, request: JobCreate) -> dict[
             field="init_from.job",
         )
     return {"job": source.id, "step": saved[-1].step}
+
+
+def _check_webhook_url(request: JobCreate, *, settings: Settings) -> None:
+    """What the URL itself shows; its name's addresses are checked again at every delivery."""
+    if request.webhook_url is None:
+        return
+    problem = webhook_targets.url_problem(
+        str(request.webhook_url), allow_private=settings.webhook_allow_private_networks
+    )
+    if problem is not None:
+        raise AppError("webhook_url_forbidden", problem, 422, field="webhook_url")
 
 
 def new_webhook_secret() -> str:

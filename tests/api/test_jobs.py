@@ -240,3 +240,36 @@ def test_init_from_needs_a_job_with_a_checkpoint(
         student={"init": "checkpoint", "init_model": "/etc/passwd"},
     ).json()["error"]
     assert error["field"] == "student.init"  # never a path on the worker
+
+
+@pytest.fixture()
+def strict_webhooks(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """Production's rule: https to public addresses only (the tests allow 127.0.0.1)."""
+    monkeypatch.setenv("DISTILLERY_WEBHOOK_ALLOW_PRIVATE_NETWORKS", "false")
+    get_settings.cache_clear()
+    yield
+    monkeypatch.undo()
+    get_settings.cache_clear()
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "http://example.com/hook",
+        "https://user:pw@example.com/hook",
+        "https://127.0.0.1:8080/hook",
+        "https://[::1]/hook",
+        "https://10.0.0.1/hook",
+        "https://169.254.169.254/latest/meta-data",
+        "https://[::ffff:10.0.0.1]/hook",
+    ],
+)
+def test_webhook_url_forbidden_targets_are_a_422(
+    client: TestClient, dataset_id: str, teacher_id: str, strict_webhooks: None, url: str
+) -> None:
+    response = create(client, teacher=teacher_id, dataset=dataset_id, webhook_url=url)
+    assert response.status_code == 422, response.text
+    assert response.json()["error"]["code"] == "webhook_url_forbidden"
+    assert response.json()["error"]["field"] == "webhook_url"
+    ok = create(client, teacher=teacher_id, dataset=dataset_id, webhook_url="https://example.com/h")
+    assert ok.status_code == 201, ok.text

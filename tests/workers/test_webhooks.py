@@ -1,0 +1,145 @@
+"""Webhook delivery against real sockets: refused targets, slow and chatty receivers."""
+
+from __future__ import annotations
+
+import socket
+import threading
+import time
+from collections.abc import Callable, Iterator
+
+import pytest
+
+from app.config import Settings, get_settings
+from workers.webhook_http import REFUSED, post
+
+
+def settings_with(**values: object) -> Settings:
+    return get_settings().model_copy(update=values)
+
+
+class RawServer:
+    """A real TCP server on 127.0.0.1 that reads a request and answers with `answer`, which
+    gets the connection; it counts the connections it accepted and the bytes it sent."""
+
+    def __init__(self, answer: Callable[[socket.socket, RawServer], None]) -> None:
+        self.answer = answer
+        self.accepted = 0
+        self.sent = 0
+        self.sock = socket.create_server(("127.0.0.1", 0))
+        self.port = self.sock.getsockname()[1]
+        self.closed = threading.Event()
+        threading.Thread(target=self._serve, daemon=True).start()
+
+    def url(self, path: str = "/hook") -> str:
+        return f"http://127.0.0.1:{self.port}{path}"
+
+    def _serve(self) -> None:
+        while not self.closed.is_set():
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                return
+            self.accepted += 1
+            threading.Thread(target=self._handle, args=(conn,), daemon=True).start()
+
+    def _handle(self, conn: socket.socket) -> None:
+        with conn:
+            conn.settimeout(5)
+            received = b""
+            try:
+                while b"\r\n\r\n" not in received:
+                    chunk = conn.recv(65536)
+                    if not chunk:
+                        return
+                    received += chunk
+                self.answer(conn, self)
+            except OSError:
+                return  # the client hung up: what a deadline does
+
+    def close(self) -> None:
+        self.closed.set()
+        self.sock.close()
+
+
+@pytest.fixture()
+def servers() -> Iterator[list[RawServer]]:
+    started: list[RawServer] = []
+    yield started
+    for server in started:
+        server.close()
+
+
+def answer_204(conn: socket.socket, server: RawServer) -> None:
+    conn.sendall(b"HTTP/1.1 204 No Content\r\nContent-Length: 0\r\n\r\n")
+
+
+def trickle(conn: socket.socket, server: RawServer) -> None:
+    """A whole, valid answer, one byte every 0.1 s: 4 s in all."""
+    for byte in b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\nX-Slow: 1\r\n\r\n":
+        conn.sendall(bytes([byte]))
+        server.sent += 1
+        time.sleep(0.1)  # the trickle itself, not a synchronisation
+
+
+BODY = 64 * 1024 * 1024
+
+
+def chatty(conn: socket.socket, server: RawServer) -> None:
+    """A 2xx with a 64 MiB body, sent as fast as the client reads it."""
+    conn.sendall(f"HTTP/1.1 200 OK\r\nContent-Length: {BODY}\r\n\r\n".encode())
+    block = b"x" * 65536
+    while server.sent < BODY:
+        conn.sendall(block)
+        server.sent += len(block)
+
+
+def send(url: str, settings: Settings) -> tuple[int | None, str | None]:
+    outcome = post(
+        url, content=b"{}", headers={"content-type": "application/json"}, settings=settings
+    )
+    return outcome.status_code, outcome.error
+
+
+@pytest.mark.parametrize(
+    "host",
+    ["127.0.0.1", "[::1]", "10.0.0.1", "169.254.169.254", "[::ffff:10.0.0.1]", "localhost"],
+)
+def test_private_targets_are_refused_at_delivery_without_a_connection(
+    host: str, servers: list[RawServer]
+) -> None:
+    server = RawServer(answer_204)
+    servers.append(server)
+    strict = settings_with(webhook_allow_private_networks=False)
+    # https, as production requires: the refusal is about the address, not the scheme
+    assert send(f"https://{host}:{server.port}/hook", strict) == (None, REFUSED)
+    assert send(f"http://{host}:{server.port}/hook", strict) == (None, REFUSED)
+    # a closed port reads exactly the same: the delivery log tells nothing about ports
+    closed = socket.create_server(("127.0.0.1", 0))
+    port = closed.getsockname()[1]
+    closed.close()
+    assert send(f"https://{host}:{port}/hook", strict) == (None, REFUSED)
+    assert server.accepted == 0
+
+
+def test_private_targets_are_allowed_when_the_setting_says_so(servers: list[RawServer]) -> None:
+    server = RawServer(answer_204)
+    servers.append(server)
+    relaxed = settings_with(webhook_allow_private_networks=True)
+    assert send(server.url(), relaxed) == (204, None)
+    assert send(f"http://localhost:{server.port}/hook", relaxed) == (204, None)
+    assert server.accepted == 2
+
+
+def test_a_trickling_receiver_is_cut_off_at_the_total_deadline(servers: list[RawServer]) -> None:
+    server = RawServer(trickle)
+    servers.append(server)
+    # every byte arrives well within any per-read timeout; only the total deadline ends it
+    status, error = send(server.url(), settings_with(webhook_timeout_seconds=0.5))
+    assert (status, error) == (None, "no answer within 0.5 s")
+
+
+def test_only_a_bounded_part_of_the_answer_is_read(servers: list[RawServer]) -> None:
+    server = RawServer(chatty)
+    servers.append(server)
+    assert send(server.url(), settings_with(webhook_max_response_bytes=4096)) == (200, None)
+    assert server.sent < BODY  # the delivery hung up long before the body's end

@@ -422,13 +422,18 @@ def list_checkpoints(
 
 
 def list_deliveries(
-    session: Session, *, tenant_id: str, job_id: str
-) -> list[WebhookDeliveryPublic]:
+    session: Session, *, tenant_id: str, job_id: str, limit: int, after: str | None
+) -> Page[WebhookDeliveryPublic]:
+    """Oldest first; the cursor is the last row's id, so new attempts never shift a page."""
     get_job(session, tenant_id=tenant_id, job_id=job_id)
-    return [
-        WebhookDeliveryPublic.model_validate(d)
-        for d in repository.deliveries(session, job_id=job_id)
-    ]
+    rows = repository.deliveries_page(
+        session, job_id=job_id, after=int(after) if after else None, limit=limit
+    )
+    has_more = len(rows) > limit  # the repository reads one row past the page
+    data = [WebhookDeliveryPublic.model_validate(d) for d in rows[:limit]]
+    return Page(
+        data=data, has_more=has_more, next_cursor=str(rows[limit - 1].id) if has_more else None
+    )
 
 
 def _stored(storage: Storage, key: str) -> bool:

@@ -273,3 +273,46 @@ def test_webhook_url_forbidden_targets_are_a_422(
     assert response.json()["error"]["field"] == "webhook_url"
     ok = create(client, teacher=teacher_id, dataset=dataset_id, webhook_url="https://example.com/h")
     assert ok.status_code == 201, ok.text
+
+
+def test_webhook_deliveries_are_a_page_oldest_first(
+    client: TestClient, db_session: Session, dataset_id: str, teacher_id: str
+) -> None:
+    from app.jobs.models import WebhookDelivery
+
+    url = "http://127.0.0.1:9/hook"  # the tests allow private receivers; nothing is sent here
+    job = create(client, teacher=teacher_id, dataset=dataset_id, webhook_url=url).json()
+    assert client.post(f"/v1/jobs/{job['id']}/cancel").json()["status"] == "cancelled"
+    first = client.get(f"/v1/jobs/{job['id']}/webhook-deliveries").json()
+    assert (first["object"], first["has_more"], first["next_cursor"]) == ("list", False, None)
+    assert [(d["state"], d["attempt"], d["event_type"]) for d in first["data"]] == [
+        ("pending", 1, "job.cancelled")
+    ]
+    message_id = first["data"][0]["message_id"]
+    for attempt in (2, 3):
+        db_session.add(
+            WebhookDelivery(
+                job_id=job["id"],
+                tenant_id=client.tenant,  # type: ignore[attr-defined]
+                message_id=message_id,
+                event_type="job.cancelled",
+                url=url,
+                attempt=attempt,
+                state="failed",
+                succeeded=False,
+                error="could not connect to the receiver",
+            )
+        )
+    db_session.flush()
+    seen, cursor = [], None
+    while True:
+        params = {"limit": 2, **({"after": cursor} if cursor else {})}
+        page = client.get(f"/v1/jobs/{job['id']}/webhook-deliveries", params=params).json()
+        seen += [d["attempt"] for d in page["data"]]
+        cursor = page["next_cursor"]
+        assert page["has_more"] is (cursor is not None)
+        if cursor is None:
+            break
+    assert seen == [1, 2, 3]
+    bad = client.get(f"/v1/jobs/{job['id']}/webhook-deliveries", params={"after": "²"})
+    assert bad.status_code == 422 and bad.json()["error"]["code"] == "invalid_request"

@@ -6,11 +6,19 @@ import socket
 import threading
 import time
 from collections.abc import Callable, Iterator
+from pathlib import Path
 
 import pytest
+import redis
+from fastapi.testclient import TestClient
+from sqlalchemy import select
 
 from app.config import Settings, get_settings
+from app.db import session_factory
+from app.jobs.models import WebhookDelivery
+from tests.factories import TINY_SENTIMENT, zip_folder
 from workers.webhook_http import REFUSED, post
+from workers.webhooks import sweep
 
 
 def settings_with(**values: object) -> Settings:
@@ -143,3 +151,59 @@ def test_only_a_bounded_part_of_the_answer_is_read(servers: list[RawServer]) -> 
     servers.append(server)
     assert send(server.url(), settings_with(webhook_max_response_bytes=4096)) == (200, None)
     assert server.sent < BODY  # the delivery hung up long before the body's end
+
+
+def create_job(client: TestClient, teacher_dir: Path, webhook_url: str) -> str:
+    train = (TINY_SENTIMENT / "train.jsonl").read_bytes()
+    ds = client.post("/v1/datasets", files={"file": ("t.jsonl", train)}).json()["id"]
+    teacher = client.post("/v1/models", files={"file": ("t.zip", zip_folder(teacher_dir))})
+    body = {"teacher": teacher.json()["id"], "dataset": ds, "webhook_url": webhook_url}
+    job = client.post("/v1/jobs", json=body).json()
+    assert job["status"] == "queued", job
+    return str(job["id"])
+
+
+def deliveries(job_id: str) -> list[tuple[str, int, int | None]]:
+    with session_factory()() as s:
+        rows = s.scalars(
+            select(WebhookDelivery)
+            .where(WebhookDelivery.job_id == job_id)
+            .order_by(WebhookDelivery.id)
+        )
+        return [(r.state, r.attempt, r.status_code) for r in rows]
+
+
+@pytest.fixture()
+def broker_down(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """A broker address nobody listens on: every send really fails, as in an outage."""
+    monkeypatch.setenv("DISTILLERY_BROKER_URL", "redis://127.0.0.1:1/15")
+    get_settings.cache_clear()
+    yield
+    monkeypatch.undo()
+    get_settings.cache_clear()
+
+
+def test_a_cancel_in_a_broker_outage_keeps_its_webhook_pending_until_the_sweep(
+    committing_client: TestClient,
+    tiny_teacher_dir: Path,
+    queue: redis.Redis,
+    servers: list[RawServer],
+    request: pytest.FixtureRequest,
+) -> None:
+    server = RawServer(answer_204)
+    servers.append(server)
+    job_id = create_job(committing_client, tiny_teacher_dir, server.url())
+    request.getfixturevalue("broker_down")
+    cancelled = committing_client.post(f"/v1/jobs/{job_id}/cancel")
+    assert cancelled.status_code == 200, cancelled.text
+    assert cancelled.json()["status"] == "cancelled"
+    # committed with the job's end, though its message never reached a broker
+    assert deliveries(job_id) == [("pending", 1, None)]
+    assert server.accepted == 0
+
+    overdue_now = settings_with(webhook_resend_after_seconds=1e-6, webhook_sweep_batch=1000)
+    assert sweep(overdue_now)
+    assert deliveries(job_id) == [("succeeded", 1, 204)]
+    assert server.accepted == 1
+    sweep(overdue_now)
+    assert server.accepted == 1  # sent once

@@ -195,8 +195,17 @@ def take_over(session: Session, job: Job, *, worker: str, stale_before: datetime
 
 
 def hand_back(session: Session, job: Job, *, owner: str) -> bool:
-    """running -> queued by its shutting-down worker, after its last checkpoint."""
-    if not _move(session, job, "hand_back", owner=owner, worker=None, enqueued_at=utcnow()):
+    """running -> queued by its shutting-down worker, after its last checkpoint. Counted in
+    `handed_back`: a voluntary hand-back loses nothing, so it is no attempt against the cap."""
+    if not _move(
+        session,
+        job,
+        "hand_back",
+        owner=owner,
+        worker=None,
+        enqueued_at=utcnow(),
+        handed_back=Job.handed_back + 1,
+    ):
         return False
     _event(
         session,

@@ -72,3 +72,24 @@ def test_message_for_unknown_job_is_dropped(database: str) -> None:
     run_job("job_doesnotexist", worker="w")  # must neither raise nor create anything
     with session_factory()() as s:
         assert s.get(Job, "job_doesnotexist") is None
+
+
+def test_graceful_hand_backs_are_not_counted_as_lost_workers(queued_job: str) -> None:
+    """Three rolling deploys (SIGTERM: checkpoint, hand back) must not fail a healthy job."""
+    from app.config import get_settings
+    from app.jobs import lifecycle
+
+    sessions = session_factory()
+    hand_backs = get_settings().max_attempts
+    for i in range(hand_backs):
+        job = claim(sessions, queued_job, worker=f"deploy-{i}")
+        assert job is not None, f"claim {i + 1} refused"
+        with sessions.begin() as s:  # what the runner does when should_stop saw the shutdown
+            assert lifecycle.hand_back(s, job, owner=f"deploy-{i}")
+    job = claim(sessions, queued_job, worker="after-deploys")
+    assert job is not None
+    assert (job.status, job.attempts, job.handed_back) == ("running", hand_backs + 1, hand_backs)
+    with sessions.begin() as s:
+        assert lifecycle.succeed(s, job, owner="after-deploys", metrics={})
+    ended = _job(queued_job)
+    assert (ended.status, ended.error_code) == ("succeeded", None)

@@ -28,6 +28,14 @@ def _on_shutdown(**_: Any) -> None:
     _shutting_down.set()
 
 
+@signals.worker_init.connect  # type: ignore[untyped-decorator]
+def _check_settings(**_: Any) -> None:
+    """Refuse to start with an outage tolerance that lets a job run on two workers."""
+    from workers.progress import check_timings
+
+    check_timings(get_settings())
+
+
 @signals.celeryd_after_setup.connect  # type: ignore[untyped-decorator]
 def _preload_engine(sender: str, instance: Any, **_: Any) -> None:
     """A training worker imports torch and the engine as it starts, not on its first job

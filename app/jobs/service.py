@@ -146,16 +146,34 @@ def create_job(
             fingerprint=idempotency.request_hash(request.model_dump(mode="json")),
         )
     ):
-        return replay
+        return _with_secret(session, tenant_id, replay)
     job = _new_job(session, settings=settings, tenant_id=tenant_id, request=request)
     lifecycle.queue(session, job, data={"task": job.config["task"], "teacher": job.teacher})
-    public = to_public(job).model_copy(update={"webhook_secret": job.webhook_secret})
+    public = to_public(job)
     if idempotency_key:  # the answer a retry replays; without a key nothing needs it
+        # without the secret: the key's row keeps the answer for 24 h, the job row keeps the
+        # secret (and the replay takes it from there)
         _answer(session, tenant_id, idempotency_key, 201, public.model_dump(mode="json"))
+    public = public.model_copy(update={"webhook_secret": job.webhook_secret})
     session.commit()
     if queue.Message(queue.RUN_JOB_TASK, job.id) in queue.unsent(session):
         _fail_unqueued(session, job, tenant_id=tenant_id, idempotency_key=idempotency_key)
     return public
+
+
+def _with_secret(
+    session: Session, tenant_id: str, replay: idempotency.Replay
+) -> idempotency.Replay:
+    """The replayed 201 as first answered: its webhook secret read back from the job row."""
+    job_id = replay.body.get("id")
+    if replay.status_code != 201 or not isinstance(job_id, str):
+        return replay
+    job = repository.get(session, tenant_id=tenant_id, job_id=job_id)
+    if job is None or not job.webhook_secret:
+        return replay
+    return idempotency.Replay(
+        replay.status_code, {**replay.body, "webhook_secret": job.webhook_secret}
+    )
 
 
 def _fail_unqueued(

@@ -316,3 +316,27 @@ def test_webhook_deliveries_are_a_page_oldest_first(
     assert seen == [1, 2, 3]
     bad = client.get(f"/v1/jobs/{job['id']}/webhook-deliveries", params={"after": "²"})
     assert bad.status_code == 422 and bad.json()["error"]["code"] == "invalid_request"
+
+
+def test_idempotent_replay_of_a_webhook_job_keeps_no_secret_but_replays_it(
+    client: TestClient, db_session: Session, dataset_id: str, teacher_id: str
+) -> None:
+    import json
+
+    from app.idempotency import IdempotencyKey
+
+    key = f"hook-{uuid.uuid4()}"
+    body = {"teacher": teacher_id, "dataset": dataset_id, "webhook_url": "http://127.0.0.1:9/h"}
+    first = client.post("/v1/jobs", json=body, headers={"Idempotency-Key": key})
+    assert first.status_code == 201, first.text
+    secret = first.json()["webhook_secret"]
+    assert secret.startswith("whsec_")
+    stored = db_session.scalars(
+        select(IdempotencyKey)
+        .where(IdempotencyKey.key == key)
+        .execution_options(populate_existing=True)
+    ).one()
+    assert stored.response is not None and stored.response["webhook_secret"] is None
+    assert secret not in json.dumps(stored.response)
+    again = client.post("/v1/jobs", json=body, headers={"Idempotency-Key": key})
+    assert (again.status_code, again.json()) == (201, first.json())  # the secret included

@@ -207,3 +207,36 @@ def test_a_cancel_in_a_broker_outage_keeps_its_webhook_pending_until_the_sweep(
     assert server.accepted == 1
     sweep(overdue_now)
     assert server.accepted == 1  # sent once
+
+
+def answer_500(conn: socket.socket, server: RawServer) -> None:
+    conn.sendall(b"HTTP/1.1 500 Internal Server Error\r\nContent-Length: 0\r\n\r\n")
+
+
+def test_failed_attempts_are_recorded_with_a_pending_successor_up_to_the_cap(
+    committing_client: TestClient,
+    tiny_teacher_dir: Path,
+    queue: redis.Redis,
+    servers: list[RawServer],
+) -> None:
+    from sqlalchemy import update
+
+    server = RawServer(answer_500)
+    servers.append(server)
+    job_id = create_job(committing_client, tiny_teacher_dir, server.url())
+    assert committing_client.post(f"/v1/jobs/{job_id}/cancel").json()["status"] == "cancelled"
+    capped = settings_with(
+        webhook_resend_after_seconds=1e-6, webhook_sweep_batch=1000, webhook_max_attempts=2
+    )
+    retries = [r for r in sweep(capped) if r is not None and r.job_id == job_id]
+    assert [(r.attempt, r.delay) for r in retries] == [(2, 1)]  # the first backoff: 1 s
+    assert deliveries(job_id) == [("failed", 1, 500), ("pending", 2, None)]
+    with session_factory().begin() as s:  # its backoff has passed
+        s.execute(
+            update(WebhookDelivery)
+            .where(WebhookDelivery.job_id == job_id, WebhookDelivery.attempt == 2)
+            .values(due_at=WebhookDelivery.created_at)
+        )
+    sweep(capped)
+    assert deliveries(job_id) == [("failed", 1, 500), ("failed", 2, 500)]  # the cap: no third
+    assert server.accepted == 2

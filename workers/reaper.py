@@ -1,5 +1,6 @@
 """The reaper: jobs whose worker vanished, and queued jobs whose message the broker lost.
-Runs on Celery beat in the light webhook worker; no torch."""
+Runs on Celery beat in the light reaper worker, on its own queue; no torch. The reaper task then
+sweeps overdue webhook deliveries (workers/webhooks.py)."""
 
 from __future__ import annotations
 

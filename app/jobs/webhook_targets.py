@@ -2,7 +2,7 @@
 
 The API checks what it can see in the URL (a literal private address is refused at once); the
 worker checks again at delivery, against the addresses the name resolves to then, and connects
-to exactly the address it checked (workers/webhooks.py): a name that resolves to a public
+to exactly the address it checked (workers/webhook_http.py): a name that resolves to a public
 address at creation and to 127.0.0.1 at delivery (DNS rebinding) is refused there.
 """
 

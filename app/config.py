@@ -40,6 +40,9 @@ class Settings(BaseSettings):
     queue_name: str = "distill"
     # Webhooks have their own queue and a light worker, so a long training job never delays them.
     webhook_queue_name: str = "webhooks"
+    # The reaper (crash recovery, lost messages, unsent webhooks) has a queue of its own, so
+    # slow webhook receivers can never hold up crash recovery.
+    reaper_queue_name: str = "reaper"
     # A queued message older than this is dropped by the worker; the job row stays the truth.
     enqueue_expiry_seconds: int = Field(default=7 * 24 * 3600, gt=0)
     task_time_limit_seconds: int = Field(default=48 * 3600, gt=0)
@@ -54,8 +57,24 @@ class Settings(BaseSettings):
     # Redis hands an unacknowledged message to another worker after this; the job row's
     # compare-and-set makes an early redelivery harmless.
     broker_visibility_timeout_seconds: int = Field(default=3600, gt=0)
-    # How long the runner keeps retrying the database before giving a job up.
-    db_outage_tolerance_seconds: float = Field(default=300.0, gt=0)
+    # How long the runner keeps retrying the database before giving a job up. Shorter than
+    # heartbeat_stale_seconds (a worker refuses to start otherwise): a worker cut off from the
+    # database gives its job up before another worker may take it over.
+    db_outage_tolerance_seconds: float = Field(default=60.0, gt=0)
+
+    # Webhooks. Targets must be https and resolve only to globally routable addresses; local
+    # development and the tests allow http and private addresses (127.0.0.1 receivers).
+    webhook_allow_private_networks: bool = False
+    # One delivery's whole budget (resolve, connect, TLS, send, read), not a per-read timeout.
+    webhook_timeout_seconds: float = Field(default=10.0, gt=0)
+    # At most this much of a receiver's answer is read; only its status code matters.
+    webhook_max_response_bytes: int = Field(default=4096, gt=0)
+    webhook_max_attempts: int = Field(default=6, ge=1)
+    # A pending delivery whose message has not run this long after it was due (a broker
+    # outage, a worker killed between commit and send) is sent by the reaper.
+    webhook_resend_after_seconds: float = Field(default=60.0, gt=0)
+    # Deliveries the reaper sends per sweep, one after another (each within the timeout).
+    webhook_sweep_batch: int = Field(default=8, gt=0)
 
     max_dataset_bytes: int = Field(default=200 * 1024 * 1024, gt=0)
     max_model_bytes: int = Field(default=2 * 1024 * 1024 * 1024, gt=0)

@@ -21,7 +21,7 @@ from types import FrameType
 
 import uvicorn
 
-from app.config import get_settings
+from app.config import Settings, get_settings
 
 log = logging.getLogger("distillery.devserver")
 
@@ -50,6 +50,23 @@ def worker_command(
     if beat:  # exactly one process runs the schedule (the stale-job reaper)
         command += ["--beat", "--schedule", str(Path("var/celerybeat-schedule").resolve())]
     return command
+
+
+def worker_commands(settings: Settings) -> list[list[str]]:
+    """The worker processes `make run` keeps alive, one per queue."""
+    return [
+        # Training: one job at a time per process (one per GPU in production).
+        worker_command(queue=settings.queue_name, pool="solo", concurrency=1, name="trainer"),
+        # Webhooks: light and concurrent, so a long job never delays them.
+        worker_command(
+            queue=settings.webhook_queue_name, pool="threads", concurrency=4, name="webhooks"
+        ),
+        # The reaper and the beat schedule that rings it: its own process and queue, so
+        # receivers that take their time never delay crash recovery.
+        worker_command(
+            queue=settings.reaper_queue_name, pool="solo", concurrency=1, name="reaper", beat=True
+        ),
+    ]
 
 
 class Supervisor:
@@ -112,25 +129,14 @@ def local_api_key(path: Path) -> str:
 
 def main() -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    # Local development posts webhooks to receivers on this machine (http, 127.0.0.1); the
+    # workers inherit it. Production leaves it false: https to public addresses only.
+    os.environ.setdefault("DISTILLERY_WEBHOOK_ALLOW_PRIVATE_NETWORKS", "true")
+    get_settings.cache_clear()
     settings = get_settings()
     for path in (settings.storage_dir, settings.model_dir):
         Path(path).mkdir(parents=True, exist_ok=True)
-    supervisors = [
-        # Training: one job at a time per process (one per GPU in production).
-        Supervisor(
-            worker_command(queue=settings.queue_name, pool="solo", concurrency=1, name="trainer")
-        ),
-        # Webhooks and the reaper: light and concurrent, so a long job never delays them.
-        Supervisor(
-            worker_command(
-                queue=settings.webhook_queue_name,
-                pool="threads",
-                concurrency=4,
-                name="webhooks",
-                beat=True,
-            )
-        ),
-    ]
+    supervisors = [Supervisor(command) for command in worker_commands(settings)]
 
     def stop_all(signum: int, _frame: FrameType | None) -> None:
         for supervisor in supervisors:

@@ -82,6 +82,9 @@ CATALOGUE: dict[str, ErrorExample] = {
     "checkpoint_incompatible": ErrorExample(
         422, "job 'job_…' trained a student shaped (4, 312, 1200, 12)", "init_from.job"
     ),
+    "webhook_url_forbidden": ErrorExample(
+        422, "the URL names a private, loopback or link-local address", "webhook_url"
+    ),
     "too_many_jobs": ErrorExample(
         429, "the tenant already has 100 queued or running jobs, its limit"
     ),

@@ -35,6 +35,7 @@ _RETRY_POLICY = {"max_retries": 3, "interval_start": 0.2, "interval_step": 0.5}
 class Message:
     task: str  # RUN_JOB_TASK or WEBHOOK_TASK
     job_id: str
+    message_id: str | None = None  # WEBHOOK_TASK: the pending delivery's webhook-id
 
 
 @lru_cache(maxsize=4)
@@ -56,13 +57,17 @@ def enqueue_job(job_id: str) -> None:
     )
 
 
-def enqueue_webhook(job_id: str) -> None:
-    """Queue the job's end-of-job webhook; the webhook-id stays the same across retries."""
+def enqueue_webhook(
+    job_id: str, message_id: str, *, attempt: int = 1, countdown: float | None = None
+) -> None:
+    """Ring the doorbell for a pending webhook delivery (its row says what to send); a lost
+    message only delays it: the reaper sends pending deliveries that are overdue."""
     settings = get_settings()
     _client(settings.broker_url).send_task(
         WEBHOOK_TASK,
-        args=[job_id, new_id("msg")],
+        args=[job_id, message_id, attempt],
         queue=settings.webhook_queue_name,
+        countdown=countdown,
         expires=settings.enqueue_expiry_seconds,
         ignore_result=True,
         retry=True,
@@ -70,7 +75,11 @@ def enqueue_webhook(job_id: str) -> None:
     )
 
 
-_SENDERS = {RUN_JOB_TASK: enqueue_job, WEBHOOK_TASK: enqueue_webhook}
+def _send(message: Message) -> None:
+    if message.task == WEBHOOK_TASK:
+        enqueue_webhook(message.job_id, message.message_id or new_id("msg"))
+    else:
+        enqueue_job(message.job_id)
 
 
 def defer(session: Session, message: Message) -> None:
@@ -90,7 +99,7 @@ def _send_after_commit(session: Session) -> None:
         return
     for message in session.info.pop(_PENDING, []):
         try:
-            _SENDERS[message.task](message.job_id)
+            _send(message)
         except Exception:
             log.exception("could not send %s for %s", message.task, message.job_id)
             session.info.setdefault(_UNSENT, []).append(message)

@@ -20,6 +20,7 @@ from client.resources import (
     Page,
     Progress,
     StepMetrics,
+    WebhookDelivery,
 )
 from client.sse import parse_sse
 
@@ -37,6 +38,7 @@ __all__ = [
     "Page",
     "Progress",
     "StepMetrics",
+    "WebhookDelivery",
     "parse_sse",
     "partial_path",
     "sha256_file",

@@ -39,6 +39,7 @@ from client.resources import (
     Metrics,
     Model,
     Page,
+    WebhookDelivery,
     parse,
 )
 from client.retry import RetryPolicy, retryable
@@ -181,6 +182,13 @@ class DistilleryClient:
     def list_artifacts(self, job_id: str) -> list[Artifact]:
         data = self._json("GET", f"/v1/jobs/{_q(job_id)}/artifacts")
         return [parse(Artifact, item) for item in data]
+
+    def list_webhook_deliveries(
+        self, job_id: str, *, limit: int = 20, after: str | None = None
+    ) -> Iterator[Page[WebhookDelivery]]:
+        """Pages of the job's webhook delivery attempts, oldest first."""
+        path = f"/v1/jobs/{_q(job_id)}/webhook-deliveries"
+        return self._pages(path, Page[WebhookDelivery], {"limit": limit}, after)
 
     def stream_events(self, job_id: str, last_event_id: int | None = None) -> Iterator[Event]:
         """Live events over SSE until the job ends. A dropped connection is reopened with

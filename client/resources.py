@@ -96,6 +96,21 @@ class Event(_Resource):
     data: dict[str, Any] = {}
 
 
+class WebhookDelivery(_Resource):
+    """One attempt to deliver a job's webhook; `state` pending until a worker sends it."""
+
+    object: Literal["webhook.delivery"] = "webhook.delivery"
+    message_id: str
+    event_type: str
+    url: str
+    attempt: int
+    state: str = "failed"  # str, not a Literal: a state a newer server adds must not break this
+    status_code: int | None = None
+    error: str | None = None
+    succeeded: bool
+    created_at: datetime
+
+
 class StepMetrics(_Resource):
     step: int
     stage: str | None = None

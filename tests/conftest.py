@@ -37,6 +37,11 @@ os.environ.update(
         "DISTILLERY_HEARTBEAT_INTERVAL_SECONDS": "0.5",
         "DISTILLERY_HEARTBEAT_STALE_SECONDS": "4",
         "DISTILLERY_BROKER_VISIBILITY_TIMEOUT_SECONDS": "6",
+        # A worker cut off from the database gives its job up before it can go stale.
+        "DISTILLERY_DB_OUTAGE_TOLERANCE_SECONDS": "3",
+        # The tests' webhook receivers listen on 127.0.0.1 over http.
+        "DISTILLERY_WEBHOOK_ALLOW_PRIVATE_NETWORKS": "true",
+        "DISTILLERY_REAPER_QUEUE_NAME": f"reaper-test-{_RUN}",
         "TOKENIZERS_PARALLELISM": "false",
         # Tiny models gain nothing from threads; on 2 shared cores they thrash instead.
         "OMP_NUM_THREADS": "1",

@@ -11,7 +11,8 @@ REAP_TASK = "distillery.reap_stale_jobs"
 settings = get_settings()
 
 app = Celery("distillery", broker=settings.broker_url, include=["workers.tasks"])
-# The reaper runs in the webhook worker (started with --beat): it needs no torch.
+# The reaper has a queue of its own, consumed by a light worker started with --beat (it needs
+# no torch): slow webhook receivers never hold up crash recovery.
 app.conf.update(
     task_acks_late=True,
     # A worker killed mid-job leaves the message unacked so another worker picks it up.
@@ -22,7 +23,7 @@ app.conf.update(
     task_routes={
         RUN_JOB_TASK: {"queue": settings.queue_name},
         WEBHOOK_TASK: {"queue": settings.webhook_queue_name},
-        REAP_TASK: {"queue": settings.webhook_queue_name},
+        REAP_TASK: {"queue": settings.reaper_queue_name},
     },
     task_time_limit=settings.task_time_limit_seconds,
     broker_connection_retry_on_startup=True,
@@ -37,7 +38,7 @@ app.conf.beat_schedule = {
         "task": REAP_TASK,
         "schedule": settings.reaper_interval_seconds,
         "options": {
-            "queue": settings.webhook_queue_name,
+            "queue": settings.reaper_queue_name,
             "expires": settings.reaper_interval_seconds,
         },
     },

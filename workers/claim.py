@@ -23,9 +23,15 @@ def worker_identity(hostname: str) -> str:
     return f"{hostname}/{os.getpid()}/{secrets.token_hex(4)}"
 
 
+def times_lost(job: Job) -> int:
+    """Claims that ended with a lost worker: every claim but those its worker handed back on
+    a graceful shutdown (a rolling deploy must not fail a healthy job)."""
+    return job.attempts - job.handed_back
+
+
 def lost_message(job: Job, settings: Settings) -> str:
     return (
-        f"the job's worker was lost {job.attempts} times "
+        f"the job's worker was lost {times_lost(job)} times "
         f"(the limit is {settings.max_attempts}); giving up"
     )
 
@@ -53,7 +59,7 @@ def claim(
         if job.status != JobStatus.queued and not takeover:
             log.info("job %s is %s, not queued; not running it", job_id, job.status)
             return None
-        if job.attempts >= settings.max_attempts:
+        if times_lost(job) >= settings.max_attempts:
             lifecycle.fail(
                 s,
                 job,

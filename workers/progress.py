@@ -38,6 +38,22 @@ def _transient(exc: BaseException) -> bool:
     )
 
 
+class LostOwnership(Exception):  # noqa: N818 - a state, not a fault: the run ends quietly
+    """Another worker took the job over (this one's heartbeat went stale): every write is
+    refused and the run ends without touching the row."""
+
+
+def check_timings(settings: Settings) -> None:
+    """At worker start: a worker cut off from the database must give its job up (its retries
+    end) before the job's heartbeat goes stale and another worker may take it over."""
+    if settings.db_outage_tolerance_seconds >= settings.heartbeat_stale_seconds:
+        raise ValueError(
+            f"DISTILLERY_DB_OUTAGE_TOLERANCE_SECONDS ({settings.db_outage_tolerance_seconds:g}) "
+            "must be shorter than DISTILLERY_HEARTBEAT_STALE_SECONDS "
+            f"({settings.heartbeat_stale_seconds:g}): otherwise two workers can run one job"
+        )
+
+
 def db_retry(settings: Settings, fn: Callable[[], T]) -> T:
     """Run a short transaction, retrying while the database restarts (bounded)."""
     return retry(
@@ -70,14 +86,31 @@ class JobCallbacks:
     _last_losses: dict[str, float] = field(default_factory=dict)
 
     def _write(self, fn: Callable[[Session], None]) -> None:
+        """`fn` in one transaction that first proves, by row count, that this worker still
+        owns the job: the UPDATE locks the row, so a takeover commits either before (and this
+        write is refused, rolled back whole) or after it."""
+
         def transaction() -> None:
             with self.sessions.begin() as s:
+                self._hold(s)
                 fn(s)
 
         db_retry(self.settings, transaction)
 
+    def _hold(self, s: Session) -> None:
+        if not repository.beat(s, self.job_id, owner=self.owner):
+            self.stop_reason = "lost"
+            raise LostOwnership(f"job {self.job_id} is no longer owned by {self.owner}")
+
+    def check_owner(self) -> None:
+        """Raise LostOwnership unless this worker still owns the job: before a write to
+        storage that the new owner's files could not survive."""
+        self._write(lambda s: None)
+
     def _update(self, s: Session, **values: Any) -> None:
-        repository.update_running(s, self.job_id, owner=self.owner, **values)
+        if not repository.update_running(s, self.job_id, owner=self.owner, **values):
+            self.stop_reason = "lost"
+            raise LostOwnership(f"job {self.job_id} is no longer owned by {self.owner}")
 
     def on_config(self, config: DistillConfig) -> None:
         """The row keeps the configuration that actually ran (a hub teacher's width is known
@@ -126,6 +159,7 @@ class JobCallbacks:
         data = dict(e.data)
         checkpoint: dict[str, Any] | None = None
         if e.type == "checkpoint_saved" and self.checkpoints is not None:
+            self.check_owner()  # a stale owner must not overwrite the new owner's checkpoint
             stored = self.checkpoints.push(Path(data["path"]))
             data["path"] = stored.key  # the worker's scratch path means nothing to a reader
             checkpoint = {

@@ -1,5 +1,6 @@
 """The reaper: jobs whose worker vanished, and queued jobs whose message the broker lost.
-Runs on Celery beat in the light webhook worker; no torch."""
+Runs on Celery beat in the light reaper worker, on its own queue; no torch. The reaper task then
+sweeps overdue webhook deliveries (workers/webhooks.py)."""
 
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ from app.db import session_factory
 from app.jobs import lifecycle, repository
 from app.queue import queued_message_count
 from contract.vocab import JobStatus
-from workers.claim import lost_message
+from workers.claim import lost_message, times_lost
 
 log = logging.getLogger(__name__)
 
@@ -37,7 +38,7 @@ def _stale(s: Session, settings: Settings) -> tuple[list[str], list[str]]:
     requeued: list[str] = []
     failed: list[str] = []
     for job in repository.stale_running(s, heartbeat_before=stale_before):
-        if job.attempts >= settings.max_attempts:
+        if times_lost(job) >= settings.max_attempts:
             message = lost_message(job, settings)
             if lifecycle.fail(
                 s,

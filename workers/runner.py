@@ -28,7 +28,7 @@ from workers.claim import claim, fair_choice, is_running_elsewhere, worker_ident
 from workers.distill.trainer import Stopped, run
 from workers.failures import failure
 from workers.inputs import resolve
-from workers.progress import Heartbeat, JobCallbacks, db_retry
+from workers.progress import Heartbeat, JobCallbacks, LostOwnership, db_retry
 
 log = logging.getLogger(__name__)
 
@@ -77,6 +77,22 @@ def _train(
     folder: Path,
 ) -> bool:
     """Run the engine and end the job; True once the job reached a final status here."""
+    try:
+        return _train_and_end(job, callbacks, checkpoints, storage=storage, folder=folder)
+    except LostOwnership:
+        # Another worker took the job over: its row, events and checkpoints are the truth now.
+        log.warning("job %s: this worker no longer owns it; stopped without writing", job.id)
+        return False
+
+
+def _train_and_end(
+    job: Job,
+    callbacks: JobCallbacks,
+    checkpoints: CheckpointMirror,
+    *,
+    storage: Storage,
+    folder: Path,
+) -> bool:
     owner = callbacks.owner
     try:
         inputs = resolve(callbacks.sessions, job, storage=storage, settings=callbacks.settings)
@@ -92,6 +108,7 @@ def _train(
             init_checkpoint=inputs.init_checkpoint,
         )
         callbacks.flush()
+        callbacks.check_owner()  # a stale owner uploads nothing over the new owner's run
         uploaded = artifacts.upload(
             storage, result, tenant_id=job.tenant_id, job_id=job.id, folder=folder
         )
@@ -112,6 +129,8 @@ def _train(
         else:
             log.warning("job %s: this worker no longer owns it; stopped", job.id)
         return False
+    except LostOwnership:
+        raise
     except Exception as exc:
         code, message = failure(exc, job_id=job.id)
         return _end(

@@ -4,13 +4,16 @@ from __future__ import annotations
 
 import logging
 import threading
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from celery import Task, signals
 
 from app.config import get_settings
 from app.queue import RUN_JOB_TASK, WEBHOOK_TASK
 from workers.celery_app import REAP_TASK, app
+
+if TYPE_CHECKING:
+    from workers.webhooks import Retry
 
 # Celery's decorators are untyped: each task below carries one narrow ignore for that.
 
@@ -23,6 +26,14 @@ _shutting_down = threading.Event()
 @signals.worker_shutting_down.connect  # type: ignore[untyped-decorator]
 def _on_shutdown(**_: Any) -> None:
     _shutting_down.set()
+
+
+@signals.worker_init.connect  # type: ignore[untyped-decorator]
+def _check_settings(**_: Any) -> None:
+    """Refuse to start with an outage tolerance that lets a job run on two workers."""
+    from workers.progress import check_timings
+
+    check_timings(get_settings())
 
 
 @signals.celeryd_after_setup.connect  # type: ignore[untyped-decorator]
@@ -54,17 +65,31 @@ def run_job(self: Task, job_id: str) -> None:
 
 @app.task(name=WEBHOOK_TASK, bind=True, acks_late=True)  # type: ignore[untyped-decorator]
 def deliver_webhook(self: Task, job_id: str, message_id: str, attempt: int = 1) -> None:
-    from workers.webhooks import MAX_ATTEMPTS, backoff_seconds, deliver
+    from workers.webhooks import deliver
 
-    if not deliver(job_id, message_id=message_id, attempt=attempt) and attempt < MAX_ATTEMPTS:
+    ring(deliver(job_id, message_id=message_id, attempt=attempt))
+
+
+def ring(retry: Retry | None) -> None:
+    """The doorbell for a retry, recorded pending already: a refused send is only logged,
+    the reaper's sweep sends it once it is overdue."""
+    if retry is None:
+        return
+    try:
         # A new message per attempt (not self.retry) so the attempt number travels with it.
         deliver_webhook.apply_async(
-            args=[job_id, message_id, attempt + 1], countdown=backoff_seconds(attempt)
+            args=[retry.job_id, retry.message_id, retry.attempt], countdown=retry.delay
         )
+    except Exception:
+        log.exception("could not queue webhook retry %s/%s", retry.message_id, retry.attempt)
 
 
 @app.task(name=REAP_TASK)  # type: ignore[untyped-decorator]
 def reap_stale_jobs() -> list[str]:
     from workers.reaper import reap_stale_jobs as reap
+    from workers.webhooks import sweep
 
-    return reap()
+    acted_on = reap()  # crash recovery first: the sweep may wait on receivers
+    for retry in sweep():
+        ring(retry)
+    return acted_on

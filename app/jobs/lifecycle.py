@@ -16,8 +16,9 @@ from sqlalchemy.orm import Session
 
 from app import queue as outbox
 from app.base import utcnow
+from app.ids import new_id
 from app.jobs import repository
-from app.jobs.models import Job
+from app.jobs.models import Job, WebhookDelivery
 from contract.vocab import EventLevel, EventType, JobStatus
 
 Transition = Literal[
@@ -111,9 +112,36 @@ def _event(
     )
 
 
-def _notify(session: Session, job: Job) -> None:
-    if job.webhook_url:
-        outbox.defer(session, outbox.Message(outbox.WEBHOOK_TASK, job.id))
+WEBHOOK_EVENTS = {
+    JobStatus.succeeded: "job.succeeded",
+    JobStatus.failed: "job.failed",
+    JobStatus.cancelled: "job.cancelled",
+}
+
+
+def _notify(session: Session, job: Job, status: JobStatus) -> None:
+    """The job's webhook, recorded as a pending delivery in the transaction that ends the job
+    (at least once: a lost message, a refused enqueue or a worker killed after the commit
+    leaves the row, which the reaper sends once it is overdue); its message follows the
+    commit."""
+    if not job.webhook_url:
+        return
+    message_id = new_id("msg")  # webhook-id: the same on every retry
+    repository.add_delivery(
+        session,
+        WebhookDelivery(
+            job_id=job.id,
+            tenant_id=job.tenant_id,
+            message_id=message_id,
+            event_type=WEBHOOK_EVENTS[status],
+            url=job.webhook_url,
+            attempt=1,
+            state="pending",
+            due_at=utcnow(),
+            succeeded=False,
+        ),
+    )
+    outbox.defer(session, outbox.Message(outbox.WEBHOOK_TASK, job.id, message_id))
 
 
 def queue(session: Session, job: Job, *, data: dict[str, Any]) -> Job:
@@ -167,8 +195,17 @@ def take_over(session: Session, job: Job, *, worker: str, stale_before: datetime
 
 
 def hand_back(session: Session, job: Job, *, owner: str) -> bool:
-    """running -> queued by its shutting-down worker, after its last checkpoint."""
-    if not _move(session, job, "hand_back", owner=owner, worker=None, enqueued_at=utcnow()):
+    """running -> queued by its shutting-down worker, after its last checkpoint. Counted in
+    `handed_back`: a voluntary hand-back loses nothing, so it is no attempt against the cap."""
+    if not _move(
+        session,
+        job,
+        "hand_back",
+        owner=owner,
+        worker=None,
+        enqueued_at=utcnow(),
+        handed_back=Job.handed_back + 1,
+    ):
         return False
     _event(
         session,
@@ -214,7 +251,7 @@ def cancel(session: Session, job: Job) -> bool:
     if not _move(session, job, "cancel", cancel_requested=True, finished_at=utcnow()):
         return False
     _event(session, job, "job_cancelled", "cancelled before it started")
-    _notify(session, job)
+    _notify(session, job, JobStatus.cancelled)
     return True
 
 
@@ -231,7 +268,7 @@ def confirm_cancel(session: Session, job: Job, *, owner: str) -> bool:
     if not _move(session, job, "confirm_cancel", owner=owner, finished_at=utcnow()):
         return False
     _event(session, job, "job_cancelled", "cancelled while running; the last checkpoint is kept")
-    _notify(session, job)
+    _notify(session, job, JobStatus.cancelled)
     return True
 
 
@@ -248,7 +285,7 @@ def succeed(session: Session, job: Job, *, owner: str, metrics: dict[str, Any]) 
     ):
         return False
     _event(session, job, "job_succeeded", "student ready", {"metrics": metrics})
-    _notify(session, job)
+    _notify(session, job, JobStatus.succeeded)
     return True
 
 
@@ -279,5 +316,5 @@ def fail(
         return False
     _event(session, job, "job_failed", message, {"code": code}, level="error")
     if notify:
-        _notify(session, job)
+        _notify(session, job, JobStatus.failed)
     return True

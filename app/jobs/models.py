@@ -36,6 +36,9 @@ class Job(Base):
     webhook_url: Mapped[str | None] = mapped_column(String(2048))
     webhook_secret: Mapped[str | None] = mapped_column(String(128))
     attempts: Mapped[int] = mapped_column(Integer, default=0)
+    # Voluntary hand-backs (a worker's SIGTERM): claims that lost nothing, so the attempts cap
+    # counts attempts - handed_back.
+    handed_back: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
     worker: Mapped[str | None] = mapped_column(String(255))
     heartbeat_at: Mapped[datetime | None]
     enqueued_at: Mapped[datetime | None]
@@ -92,6 +95,9 @@ class JobCheckpoint(Base):
 
 
 class WebhookDelivery(Base):
+    """One attempt to deliver one webhook message: pending (recorded with the job's end, or by
+    the attempt before), sending (a worker holds it), then succeeded or failed."""
+
     __tablename__ = "webhook_deliveries"
 
     id: Mapped[int] = mapped_column(
@@ -106,4 +112,9 @@ class WebhookDelivery(Base):
     status_code: Mapped[int | None] = mapped_column(Integer)
     error: Mapped[str | None] = mapped_column(Text)
     succeeded: Mapped[bool]
+    state: Mapped[str] = mapped_column(String(16), index=True, server_default="failed")
+    # pending: the earliest it may be sent (an attempt's backoff); the reaper sends it once
+    # its message is overdue
+    due_at: Mapped[datetime | None]
+    claimed_at: Mapped[datetime | None]  # sending: when a worker took it
     created_at: Mapped[datetime] = mapped_column(default=utcnow)

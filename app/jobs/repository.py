@@ -207,7 +207,66 @@ def add_delivery(session: Session, delivery: WebhookDelivery) -> None:
     session.add(delivery)
 
 
-def deliveries(session: Session, *, job_id: str) -> Sequence[WebhookDelivery]:
+def deliveries_page(
+    session: Session, *, job_id: str, after: int | None, limit: int
+) -> Sequence[WebhookDelivery]:
+    """Oldest first, one row past the page (has_more)."""
+    query = select(WebhookDelivery).where(WebhookDelivery.job_id == job_id)
+    if after is not None:
+        query = query.where(WebhookDelivery.id > after)
+    return session.scalars(query.order_by(WebhookDelivery.id).limit(limit + 1)).all()
+
+
+def delivery(session: Session, *, message_id: str, attempt: int) -> WebhookDelivery | None:
+    return session.scalar(
+        select(WebhookDelivery).where(
+            WebhookDelivery.message_id == message_id, WebhookDelivery.attempt == attempt
+        )
+    )
+
+
+def claim_delivery(session: Session, delivery_id: int, *, stale_before: datetime) -> bool:
+    """pending -> sending (or a sending one whose worker went silent): True for one caller."""
+    result = session.execute(
+        update(WebhookDelivery)
+        .where(
+            WebhookDelivery.id == delivery_id,
+            (WebhookDelivery.state == "pending")
+            | ((WebhookDelivery.state == "sending") & (WebhookDelivery.claimed_at < stale_before)),
+        )
+        .values(state="sending", claimed_at=utcnow())
+        .execution_options(synchronize_session=False)
+    )
+    return bool(result.rowcount)  # type: ignore[attr-defined]
+
+
+def finish_delivery(
+    session: Session, delivery_id: int, *, status_code: int | None, error: str | None
+) -> None:
+    session.execute(
+        update(WebhookDelivery)
+        .where(WebhookDelivery.id == delivery_id, WebhookDelivery.state == "sending")
+        .values(
+            state="failed" if error else "succeeded",
+            succeeded=error is None,
+            status_code=status_code,
+            error=error,
+        )
+        .execution_options(synchronize_session=False)
+    )
+
+
+def overdue_deliveries(
+    session: Session, *, due_before: datetime, claimed_before: datetime, limit: int
+) -> Sequence[int]:
+    """Pending deliveries whose message should have run by now, and sending ones whose worker
+    went silent, oldest first."""
     return session.scalars(
-        select(WebhookDelivery).where(WebhookDelivery.job_id == job_id).order_by(WebhookDelivery.id)
+        select(WebhookDelivery.id)
+        .where(
+            ((WebhookDelivery.state == "pending") & (WebhookDelivery.due_at < due_before))
+            | ((WebhookDelivery.state == "sending") & (WebhookDelivery.claimed_at < claimed_before))
+        )
+        .order_by(WebhookDelivery.id)
+        .limit(limit)
     ).all()

@@ -62,6 +62,7 @@ StatusQuery = Annotated[str | None, Query(pattern=f"^({'|'.join(get_args(JobStat
         "dataset_incompatible",
         "checkpoint_not_found",
         "checkpoint_incompatible",
+        "webhook_url_forbidden",
         "too_many_jobs",
         "queue_unavailable",
     ),
@@ -161,13 +162,26 @@ def list_checkpoints(job_id: str, session: SessionDep, tenant: TenantDep) -> lis
     return service.list_checkpoints(session, storage=get_storage(), tenant_id=tenant, job_id=job_id)
 
 
+DeliveryCursor = Annotated[
+    str | None,
+    Query(pattern="^[0-9]{1,18}$", description="the next_cursor of the previous page"),
+]
+
+
 @router.get(
     "/{job_id}/webhook-deliveries",
-    response_model=list[WebhookDeliveryPublic],
-    responses=errors("job_not_found"),
+    response_model=Page[WebhookDeliveryPublic],
+    responses=errors("job_not_found", "invalid_request"),
 )
 def list_webhook_deliveries(
-    job_id: str, session: SessionDep, tenant: TenantDep
-) -> list[WebhookDeliveryPublic]:
-    """Every delivery attempt of this job's webhooks, oldest first."""
-    return service.list_deliveries(session, tenant_id=tenant, job_id=job_id)
+    job_id: str,
+    session: SessionDep,
+    tenant: TenantDep,
+    limit: LimitQuery = 20,
+    after: DeliveryCursor = None,
+) -> Page[WebhookDeliveryPublic]:
+    """Every delivery attempt of this job's webhooks, oldest first; a `pending` one is waiting
+    for its turn (its first try, or a retry's backoff)."""
+    return service.list_deliveries(
+        session, tenant_id=tenant, job_id=job_id, limit=limit, after=after
+    )

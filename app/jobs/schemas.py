@@ -148,6 +148,7 @@ class WebhookDeliveryPublic(BaseModel):
     event_type: str
     url: str
     attempt: int
+    state: Literal["pending", "sending", "succeeded", "failed"]
     status_code: int | None
     error: str | None
     succeeded: bool

@@ -17,7 +17,7 @@ from app.datasets.models import Dataset
 from app.datasets.service import get_dataset
 from app.errors import AppError, error_body, field_from_loc
 from app.ids import new_id
-from app.jobs import lifecycle, repository
+from app.jobs import lifecycle, repository, webhook_targets
 from app.jobs.models import Job
 from app.jobs.schemas import (
     CheckpointPublic,
@@ -146,16 +146,34 @@ def create_job(
             fingerprint=idempotency.request_hash(request.model_dump(mode="json")),
         )
     ):
-        return replay
+        return _with_secret(session, tenant_id, replay)
     job = _new_job(session, settings=settings, tenant_id=tenant_id, request=request)
     lifecycle.queue(session, job, data={"task": job.config["task"], "teacher": job.teacher})
-    public = to_public(job).model_copy(update={"webhook_secret": job.webhook_secret})
+    public = to_public(job)
     if idempotency_key:  # the answer a retry replays; without a key nothing needs it
+        # without the secret: the key's row keeps the answer for 24 h, the job row keeps the
+        # secret (and the replay takes it from there)
         _answer(session, tenant_id, idempotency_key, 201, public.model_dump(mode="json"))
+    public = public.model_copy(update={"webhook_secret": job.webhook_secret})
     session.commit()
     if queue.Message(queue.RUN_JOB_TASK, job.id) in queue.unsent(session):
         _fail_unqueued(session, job, tenant_id=tenant_id, idempotency_key=idempotency_key)
     return public
+
+
+def _with_secret(
+    session: Session, tenant_id: str, replay: idempotency.Replay
+) -> idempotency.Replay:
+    """The replayed 201 as first answered: its webhook secret read back from the job row."""
+    job_id = replay.body.get("id")
+    if replay.status_code != 201 or not isinstance(job_id, str):
+        return replay
+    job = repository.get(session, tenant_id=tenant_id, job_id=job_id)
+    if job is None or not job.webhook_secret:
+        return replay
+    return idempotency.Replay(
+        replay.status_code, {**replay.body, "webhook_secret": job.webhook_secret}
+    )
 
 
 def _fail_unqueued(
@@ -206,6 +224,7 @@ def _new_job(session: Session, *, settings: Settings, tenant_id: str, request: J
         session, settings=settings, tenant_id=tenant_id, teacher=request.teacher
     )
     _check_student_init(session, settings=settings, tenant_id=tenant_id, request=request)
+    _check_webhook_url(request, settings=settings)
     task = request.task or TASK_FOR_LABELS[train.label_type]
     _check_datasets(task, train, validation)
     config = _resolved_config(request, task=task, train=train, teacher_width=teacher_width)
@@ -290,6 +309,17 @@ def _init_from(session: Session, *, tenant_id: str, request: JobCreate) -> dict[
             field="init_from.job",
         )
     return {"job": source.id, "step": saved[-1].step}
+
+
+def _check_webhook_url(request: JobCreate, *, settings: Settings) -> None:
+    """What the URL itself shows; its name's addresses are checked again at every delivery."""
+    if request.webhook_url is None:
+        return
+    problem = webhook_targets.url_problem(
+        str(request.webhook_url), allow_private=settings.webhook_allow_private_networks
+    )
+    if problem is not None:
+        raise AppError("webhook_url_forbidden", problem, 422, field="webhook_url")
 
 
 def new_webhook_secret() -> str:
@@ -410,13 +440,18 @@ def list_checkpoints(
 
 
 def list_deliveries(
-    session: Session, *, tenant_id: str, job_id: str
-) -> list[WebhookDeliveryPublic]:
+    session: Session, *, tenant_id: str, job_id: str, limit: int, after: str | None
+) -> Page[WebhookDeliveryPublic]:
+    """Oldest first; the cursor is the last row's id, so new attempts never shift a page."""
     get_job(session, tenant_id=tenant_id, job_id=job_id)
-    return [
-        WebhookDeliveryPublic.model_validate(d)
-        for d in repository.deliveries(session, job_id=job_id)
-    ]
+    rows = repository.deliveries_page(
+        session, job_id=job_id, after=int(after) if after else None, limit=limit
+    )
+    has_more = len(rows) > limit  # the repository reads one row past the page
+    data = [WebhookDeliveryPublic.model_validate(d) for d in rows[:limit]]
+    return Page(
+        data=data, has_more=has_more, next_cursor=str(rows[limit - 1].id) if has_more else None
+    )
 
 
 def _stored(storage: Storage, key: str) -> bool:

@@ -93,7 +93,7 @@ def devserver(tmp_path: Path) -> subprocess.Popen[bytes]:
 
     try:
         _until(serving, "the devserver answers /healthz")
-        _until(lambda: len(_workers_of(proc.pid)) >= 2, "both workers started")
+        _until(lambda: len(_workers_of(proc.pid)) >= 3, "its three workers started")
         yield proc
     finally:
         for pid in _live_in_session(proc.pid):
@@ -101,7 +101,7 @@ def devserver(tmp_path: Path) -> subprocess.Popen[bytes]:
         proc.wait()
 
 
-@pytest.mark.slow  # starts the devserver and its two workers
+@pytest.mark.slow  # starts the devserver and its three workers (training, webhooks, reaper)
 def test_sigterm_to_the_devserver_stops_its_workers(
     devserver: subprocess.Popen[bytes],
 ) -> None:

@@ -240,3 +240,103 @@ def test_init_from_needs_a_job_with_a_checkpoint(
         student={"init": "checkpoint", "init_model": "/etc/passwd"},
     ).json()["error"]
     assert error["field"] == "student.init"  # never a path on the worker
+
+
+@pytest.fixture()
+def strict_webhooks(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """Production's rule: https to public addresses only (the tests allow 127.0.0.1)."""
+    monkeypatch.setenv("DISTILLERY_WEBHOOK_ALLOW_PRIVATE_NETWORKS", "false")
+    get_settings.cache_clear()
+    yield
+    monkeypatch.undo()
+    get_settings.cache_clear()
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "http://example.com/hook",
+        "https://user:pw@example.com/hook",
+        "https://127.0.0.1:8080/hook",
+        "https://[::1]/hook",
+        "https://10.0.0.1/hook",
+        "https://169.254.169.254/latest/meta-data",
+        "https://[::ffff:10.0.0.1]/hook",
+    ],
+)
+def test_webhook_url_forbidden_targets_are_a_422(
+    client: TestClient, dataset_id: str, teacher_id: str, strict_webhooks: None, url: str
+) -> None:
+    response = create(client, teacher=teacher_id, dataset=dataset_id, webhook_url=url)
+    assert response.status_code == 422, response.text
+    assert response.json()["error"]["code"] == "webhook_url_forbidden"
+    assert response.json()["error"]["field"] == "webhook_url"
+    ok = create(client, teacher=teacher_id, dataset=dataset_id, webhook_url="https://example.com/h")
+    assert ok.status_code == 201, ok.text
+
+
+def test_webhook_deliveries_are_a_page_oldest_first(
+    client: TestClient, db_session: Session, dataset_id: str, teacher_id: str
+) -> None:
+    from app.jobs.models import WebhookDelivery
+
+    url = "http://127.0.0.1:9/hook"  # the tests allow private receivers; nothing is sent here
+    job = create(client, teacher=teacher_id, dataset=dataset_id, webhook_url=url).json()
+    assert client.post(f"/v1/jobs/{job['id']}/cancel").json()["status"] == "cancelled"
+    first = client.get(f"/v1/jobs/{job['id']}/webhook-deliveries").json()
+    assert (first["object"], first["has_more"], first["next_cursor"]) == ("list", False, None)
+    assert [(d["state"], d["attempt"], d["event_type"]) for d in first["data"]] == [
+        ("pending", 1, "job.cancelled")
+    ]
+    message_id = first["data"][0]["message_id"]
+    for attempt in (2, 3):
+        db_session.add(
+            WebhookDelivery(
+                job_id=job["id"],
+                tenant_id=client.tenant,  # type: ignore[attr-defined]
+                message_id=message_id,
+                event_type="job.cancelled",
+                url=url,
+                attempt=attempt,
+                state="failed",
+                succeeded=False,
+                error="could not connect to the receiver",
+            )
+        )
+    db_session.flush()
+    seen, cursor = [], None
+    while True:
+        params = {"limit": 2, **({"after": cursor} if cursor else {})}
+        page = client.get(f"/v1/jobs/{job['id']}/webhook-deliveries", params=params).json()
+        seen += [d["attempt"] for d in page["data"]]
+        cursor = page["next_cursor"]
+        assert page["has_more"] is (cursor is not None)
+        if cursor is None:
+            break
+    assert seen == [1, 2, 3]
+    bad = client.get(f"/v1/jobs/{job['id']}/webhook-deliveries", params={"after": "²"})
+    assert bad.status_code == 422 and bad.json()["error"]["code"] == "invalid_request"
+
+
+def test_idempotent_replay_of_a_webhook_job_keeps_no_secret_but_replays_it(
+    client: TestClient, db_session: Session, dataset_id: str, teacher_id: str
+) -> None:
+    import json
+
+    from app.idempotency import IdempotencyKey
+
+    key = f"hook-{uuid.uuid4()}"
+    body = {"teacher": teacher_id, "dataset": dataset_id, "webhook_url": "http://127.0.0.1:9/h"}
+    first = client.post("/v1/jobs", json=body, headers={"Idempotency-Key": key})
+    assert first.status_code == 201, first.text
+    secret = first.json()["webhook_secret"]
+    assert secret.startswith("whsec_")
+    stored = db_session.scalars(
+        select(IdempotencyKey)
+        .where(IdempotencyKey.key == key)
+        .execution_options(populate_existing=True)
+    ).one()
+    assert stored.response is not None and stored.response["webhook_secret"] is None
+    assert secret not in json.dumps(stored.response)
+    again = client.post("/v1/jobs", json=body, headers={"Idempotency-Key": key})
+    assert (again.status_code, again.json()) == (201, first.json())  # the secret included

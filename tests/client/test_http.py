@@ -350,3 +350,16 @@ def test_download_of_a_missing_artifact_raises_404(
     with pytest.raises(DistilleryError) as info:
         api.download_artifact(job_id, "student.zip", tmp_path)
     assert (info.value.status, info.value.code) == (404, "artifact_not_found")
+
+
+def test_webhook_deliveries_are_listed_page_by_page(api: DistilleryClient, dataset_id: str) -> None:
+    # the tests allow private receivers; the pending delivery is never sent here
+    job = api.create_job(
+        teacher=HUB_TEACHER, dataset=dataset_id, webhook_url="http://127.0.0.1:9/h"
+    )
+    assert api.cancel_job(job.id).status == "cancelled"
+    pages = list(api.list_webhook_deliveries(job.id, limit=1))
+    assert [(d.state, d.attempt, d.event_type) for p in pages for d in p.data] == [
+        ("pending", 1, "job.cancelled")
+    ]
+    assert pages[-1].has_more is False

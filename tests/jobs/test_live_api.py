@@ -155,14 +155,16 @@ def test_live_events_metrics_checkpoints_webhook_and_ranged_download(
     # The webhook: first attempt gets a 500, the retry lands; both recorded; signature valid.
     deliveries = wait_until(
         lambda: [
-            d for d in client.get(f"/v1/jobs/{job_id}/webhook-deliveries").json() if d["succeeded"]
+            d
+            for d in client.get(f"/v1/jobs/{job_id}/webhook-deliveries").json()["data"]
+            if d["succeeded"]
         ],
         worker,
     )
-    history = client.get(f"/v1/jobs/{job_id}/webhook-deliveries").json()
-    assert [(d["attempt"], d["status_code"], d["succeeded"]) for d in history] == [
-        (1, 500, False),
-        (2, 204, True),
+    history = client.get(f"/v1/jobs/{job_id}/webhook-deliveries").json()["data"]
+    assert [(d["attempt"], d["status_code"], d["state"]) for d in history] == [
+        (1, 500, "failed"),
+        (2, 204, "succeeded"),
     ]
     assert deliveries[0]["event_type"] == "job.succeeded"
     headers, body = receiver.requests[-1]

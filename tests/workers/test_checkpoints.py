@@ -62,3 +62,17 @@ def test_an_uploaded_model_is_copied_once_to_a_stable_path(tmp_path: Path) -> No
     storage.delete_prefix("tenants/t/models/mdl_1")  # a second run reads the copy it has
     assert scratch.cached_folder(storage, "tenants/t/models/mdl_1", settings) == folder
     assert scratch.cached_folder(storage, "tenants/t/models/mdl_gone", settings) is None
+
+
+def test_a_save_never_writes_another_writer_s_temp_file(tmp_path: Path) -> None:
+    """Two owners of one job (a stale one beside the new one) saving into one folder: each
+    save writes a temp file of its own, so neither tears or steals the other's."""
+    from workers.distill.checkpoint import CHECKPOINT_FILE, Checkpoint, load, save
+
+    in_flight = tmp_path / f".{CHECKPOINT_FILE}.tmp"  # the other writer's, not yet renamed
+    in_flight.write_bytes(b"the other writer's save, half written")
+    save(tmp_path, Checkpoint("fp", "{}", stage_index=0, stage_step=3, global_step=3))
+    assert in_flight.read_bytes() == b"the other writer's save, half written"
+    saved = load(tmp_path)
+    assert saved is not None and saved.global_step == 3
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([CHECKPOINT_FILE, in_flight.name])

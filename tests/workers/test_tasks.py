@@ -41,3 +41,27 @@ def test_only_a_training_worker_preloads_the_engine(queue: str, loaded: str) -> 
         check=True,
     )
     assert done.stdout.strip() == loaded
+
+
+def test_the_reaper_has_a_queue_and_a_worker_of_its_own() -> None:
+    """Slow webhook receivers must never hold up crash recovery: the reaper's messages go to
+    its own queue, and make run starts a worker (with the beat schedule) that consumes it."""
+    from app.config import get_settings
+    from app.devserver import worker_commands
+    from app.queue import WEBHOOK_TASK
+    from workers.celery_app import REAP_TASK, app
+
+    settings = get_settings()
+    assert settings.reaper_queue_name not in (settings.webhook_queue_name, settings.queue_name)
+    router = app.amqp.router
+    assert router.route({}, REAP_TASK)["queue"].name == settings.reaper_queue_name
+    assert router.route({}, WEBHOOK_TASK)["queue"].name == settings.webhook_queue_name
+    assert app.conf.beat_schedule["reap-stale-jobs"]["options"]["queue"] == (
+        settings.reaper_queue_name
+    )
+    consumed = {c[c.index("-Q") + 1]: "--beat" in c for c in worker_commands(settings)}
+    assert consumed == {
+        settings.queue_name: False,
+        settings.webhook_queue_name: False,
+        settings.reaper_queue_name: True,
+    }

@@ -8,6 +8,7 @@ import io
 import json
 import os
 import random
+import secrets
 import shutil
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -117,11 +118,17 @@ def set_rng_state(state: dict[str, Any]) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
+def _unique() -> str:
+    """A temp name of this writer's own: two processes that save into one folder (a stale
+    owner beside the new one) never write the same temp file."""
+    return f"{os.getpid()}-{secrets.token_hex(4)}"
+
+
 def save(directory: Path, ckpt: Checkpoint) -> Path:
     """Write atomically: a temp file in the same folder, then os.replace."""
     directory.mkdir(parents=True, exist_ok=True)
     path = directory / CHECKPOINT_FILE
-    tmp = directory / f".{CHECKPOINT_FILE}.tmp"
+    tmp = directory / f".{CHECKPOINT_FILE}.{_unique()}.tmp"
     payload = {"format": FORMAT, **ckpt.__dict__}
     # Serialised in memory first (cost: one checkpoint's size in RAM): torch.save straight to a
     # file turns a full disk into an opaque RuntimeError; f.write raises the real OSError.
@@ -160,9 +167,7 @@ def load_file(path: Path) -> Checkpoint:
 
 def save_model_dir(model: PreTrainedModel, directory: Path) -> None:
     """save_pretrained into a temp folder, then swap it in whole."""
-    tmp = directory.with_name(directory.name + ".tmp")
-    if tmp.exists():
-        shutil.rmtree(tmp)
+    tmp = directory.with_name(f"{directory.name}.{_unique()}.tmp")
     try:
         model.save_pretrained(tmp, safe_serialization=True)
     except BaseException:

@@ -9,7 +9,7 @@ from typing import Annotated, Any, TypeVar
 
 import anyio
 from anyio.lowlevel import RunVar
-from fastapi import Depends, Header
+from fastapi import Depends, Header, Request
 from sqlalchemy.orm import Session
 
 from app.auth.service import authenticate, bearer_token
@@ -94,12 +94,22 @@ async def get_session() -> AsyncIterator[Session]:
 SessionDep = Annotated[Session, Depends(get_session, scope="function")]
 
 
+TENANT_STATE = "tenant_id"  # request.state's name for a tenant that app.keycheck already found
+
+
+def known_tenant(request: Request) -> str | None:
+    """The tenant KeyFirst looked up before the body was read, if it did (requests with a body)."""
+    tenant: str | None = getattr(request.state, TENANT_STATE, None)
+    return tenant
+
+
 def current_tenant(
+    request: Request,
     session: SessionDep,
     authorization: Annotated[str | None, Header(description="Bearer <API key>")] = None,
 ) -> str:
     """The tenant that owns the presented API key; 401 without a valid one."""
-    return authenticate(session, authorization)
+    return known_tenant(request) or authenticate(session, authorization)
 
 
 TenantDep = Annotated[str, Depends(current_tenant)]
@@ -128,6 +138,28 @@ async def get_session_scope() -> SessionScope:
     return request_session
 
 
+async def authenticate_first(app: Any, authorization: str | None) -> str:
+    """The key's tenant, for middleware that runs before any dependency: 401 without the
+    database for a missing or malformed header, else one lookup on a thread, admitted like
+    any request session. `app`'s override of get_session_scope (the tests') is honoured."""
+    bearer_token(authorization)
+    provider = app.dependency_overrides.get(get_session_scope, get_session_scope)
+    scope: SessionScope = await provider()
+    gate, threads = _admission_for_this_loop()
+    await _admit(gate)
+    try:
+        return await anyio.to_thread.run_sync(
+            partial(_authenticate_in, scope, authorization), limiter=threads
+        )
+    finally:
+        gate.release()
+
+
+def _authenticate_in(scope: SessionScope, authorization: str | None) -> str:
+    with scope(True) as session:
+        return authenticate(session, authorization)
+
+
 class TenantDb:
     """A request's whole database work as one call on one worker thread: a session, the API
     key's tenant, the work, the commit, the close.
@@ -138,9 +170,12 @@ class TenantDb:
     is the same one, held only around the hop.
     """
 
-    def __init__(self, scope: SessionScope, authorization: str | None) -> None:
+    def __init__(
+        self, scope: SessionScope, authorization: str | None, *, tenant: str | None = None
+    ) -> None:
         self._scope = scope
         self._authorization = authorization
+        self._tenant = tenant  # already looked up (app.keycheck): no second lookup
 
     async def run(self, work: Callable[..., T], /, **kwargs: Any) -> T:
         """`work(session, tenant_id=<the key's tenant>, **kwargs)` in one transaction; 401
@@ -163,17 +198,19 @@ class TenantDb:
 
     def _in_thread(self, work: Callable[..., T], kwargs: dict[str, Any], read_only: bool) -> T:
         with self._scope(read_only) as session:
-            return work(session, tenant_id=authenticate(session, self._authorization), **kwargs)
+            tenant = self._tenant or authenticate(session, self._authorization)
+            return work(session, tenant_id=tenant, **kwargs)
 
 
 async def tenant_db(
+    request: Request,
     scope: Annotated[SessionScope, Depends(get_session_scope)],
     authorization: Annotated[str | None, Header(description="Bearer <API key>")] = None,
 ) -> TenantDb:
-    """401 here, before the body is read, for a request with no bearer key at all; a key
-    that is well formed but unknown or revoked answers 401 from `run`, which looks it up."""
+    """A request with a body had its key looked up before the body was read (app.keycheck);
+    one without has it looked up in `run`'s one thread hop, 401 before any work."""
     bearer_token(authorization)
-    return TenantDb(scope, authorization)
+    return TenantDb(scope, authorization, tenant=known_tenant(request))
 
 
 TenantDbDep = Annotated[TenantDb, Depends(tenant_db)]

@@ -62,6 +62,8 @@ class Settings(BaseSettings):
     # Uncompressed size cap for an uploaded model archive (zip-bomb guard).
     max_model_unpacked_bytes: int = Field(default=4 * 1024 * 1024 * 1024, gt=0)
     max_archive_members: int = Field(default=200, gt=0)
+    # Every request body that is not an upload (a job's JSON is a few KiB): 413 body_too_large.
+    max_json_body_bytes: int = Field(default=1024 * 1024, gt=0)
 
     default_tenant: str = "default"
     # Per-tenant defaults; a tenant row may set its own.

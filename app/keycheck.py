@@ -10,18 +10,11 @@ from __future__ import annotations
 from fastapi.responses import JSONResponse
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from app.bodylimit import carries_body
 from app.deps import TENANT_STATE, authenticate_first
 from app.errors import AppError, error_body
 
 AUTHENTICATED_PREFIX = "/v1/"
-
-
-def carries_body(scope: Scope) -> bool:
-    """Content-Length above 0, or chunked (no length said)."""
-    for name, value in scope["headers"]:
-        if name == b"transfer-encoding" or (name == b"content-length" and value.strip() != b"0"):
-            return True
-    return False
 
 
 def header(scope: Scope, name: bytes) -> str | None:

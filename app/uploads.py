@@ -31,6 +31,11 @@ def body_limits() -> dict[str, int]:
     return {"/v1/datasets": settings.max_dataset_bytes, "/v1/models": settings.max_model_bytes}
 
 
+def json_body_limit() -> int:
+    """Every other request body's cap (a job's JSON is a few KiB)."""
+    return get_settings().max_json_body_bytes
+
+
 @dataclass
 class SpooledUpload:
     path: Path

@@ -34,6 +34,12 @@ class Settings(BaseSettings):
     # A request that waits longer than this for a session answers 503 server_busy, Retry-After.
     db_pool_timeout_seconds: float = Field(default=10.0, gt=0)
 
+    # Event streams and downloads open at once per tenant (per API process): 429
+    # too_many_streams past it. An event stream ends cleanly after stream_max_seconds; the
+    # client resumes it with Last-Event-ID (a proxy's idle or lifetime cut is handled alike).
+    max_streams_per_tenant: int = Field(default=16, ge=1)
+    stream_max_seconds: float = Field(default=1800.0, gt=0)
+
     # `make run`'s port on 127.0.0.1.
     dev_port: int = Field(default=8000, ge=1, le=65535)
 

@@ -155,6 +155,23 @@ async def authenticate_first(app: Any, authorization: str | None) -> str:
         gate.release()
 
 
+async def short_read(work: Callable[..., T], /, *args: Any) -> T:
+    """`work(session, *args)` in a read session of its own, admitted like a request's and
+    closed when the work returns: what a stream polls with, so that between its polls an
+    open stream holds neither a connection nor a thread."""
+    gate, threads = _admission_for_this_loop()
+    await _admit(gate)
+    try:
+        return await anyio.to_thread.run_sync(partial(_read_in, work, args), limiter=threads)
+    finally:
+        gate.release()
+
+
+def _read_in(work: Callable[..., T], args: tuple[Any, ...]) -> T:
+    with request_session(True) as session:
+        return work(session, *args)
+
+
 def _authenticate_in(scope: SessionScope, authorization: str | None) -> str:
     with scope(True) as session:
         return authenticate(session, authorization)

@@ -53,6 +53,7 @@ CATALOGUE: dict[str, ErrorExample] = {
         410, "artifact 'student.zip' is recorded but its file is gone from storage"
     ),
     "file_too_large": ErrorExample(413, "the file is larger than the 209715200 byte limit", "file"),
+    "body_too_large": ErrorExample(413, "the request body is larger than the 1048576 byte limit"),
     "storage_quota_exceeded": ErrorExample(
         413,
         "this upload (1048576 bytes) would take the tenant's storage to 53687091201 bytes, over "
@@ -84,6 +85,9 @@ CATALOGUE: dict[str, ErrorExample] = {
     ),
     "too_many_jobs": ErrorExample(
         429, "the tenant already has 100 queued or running jobs, its limit"
+    ),
+    "too_many_streams": ErrorExample(
+        429, "the tenant already has 16 event streams or downloads open, its limit"
     ),
     "queue_unavailable": ErrorExample(503, "the job queue is unreachable; the job was not started"),
     "server_busy": ErrorExample(503, "the server is busy; retry after a second"),

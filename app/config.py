@@ -40,6 +40,12 @@ class Settings(BaseSettings):
     max_streams_per_tenant: int = Field(default=16, ge=1)
     stream_max_seconds: float = Field(default=1800.0, gt=0)
 
+    # Requests per API key per minute (a moving window): 429 rate_limited with Retry-After
+    # past it. Kept in Redis when the broker is Redis (or at rate_limit_storage_url, a
+    # `limits` storage URL), else in each process's memory.
+    rate_limit_per_minute: int = Field(default=6000, ge=1)
+    rate_limit_storage_url: str | None = None
+
     # `make run`'s port on 127.0.0.1.
     dev_port: int = Field(default=8000, ge=1, le=65535)
 

@@ -12,10 +12,11 @@ from anyio.lowlevel import RunVar
 from fastapi import Depends, Header, Request
 from sqlalchemy.orm import Session
 
-from app.auth.service import authenticate, bearer_token
+from app.auth.service import authenticate, bearer_token, hash_key
 from app.config import get_settings
 from app.db import read_session_factory, session_factory
 from app.errors import server_busy
+from app.ratelimit import check_rate
 
 T = TypeVar("T")
 
@@ -108,8 +109,17 @@ def current_tenant(
     session: SessionDep,
     authorization: Annotated[str | None, Header(description="Bearer <API key>")] = None,
 ) -> str:
-    """The tenant that owns the presented API key; 401 without a valid one."""
-    return known_tenant(request) or authenticate(session, authorization)
+    """The tenant that owns the presented API key; 401 without a valid one, 429 past its
+    rate limit."""
+    return known_tenant(request) or admit_key(session, authorization)
+
+
+def admit_key(session: Session, authorization: str | None) -> str:
+    """The key's tenant (401 without a valid key), its request counted against the key's
+    rate limit (429 rate_limited past it). Blocking: a query, and Redis where it is used."""
+    tenant = authenticate(session, authorization)
+    check_rate(hash_key(bearer_token(authorization)))
+    return tenant
 
 
 TenantDep = Annotated[str, Depends(current_tenant)]
@@ -174,7 +184,7 @@ def _read_in(work: Callable[..., T], args: tuple[Any, ...]) -> T:
 
 def _authenticate_in(scope: SessionScope, authorization: str | None) -> str:
     with scope(True) as session:
-        return authenticate(session, authorization)
+        return admit_key(session, authorization)
 
 
 class TenantDb:
@@ -215,7 +225,7 @@ class TenantDb:
 
     def _in_thread(self, work: Callable[..., T], kwargs: dict[str, Any], read_only: bool) -> T:
         with self._scope(read_only) as session:
-            tenant = self._tenant or authenticate(session, self._authorization)
+            tenant = self._tenant or admit_key(session, self._authorization)
             return work(session, tenant_id=tenant, **kwargs)
 
 

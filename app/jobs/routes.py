@@ -65,6 +65,7 @@ StatusQuery = Annotated[str | None, Query(pattern=f"^({'|'.join(get_args(JobStat
         "checkpoint_incompatible",
         "too_many_jobs",
         "queue_unavailable",
+        "body_too_large",
     ),
 )
 async def create_job(
@@ -107,7 +108,7 @@ async def get_job(job_id: str, db: TenantDbDep) -> Response:
 @router.post(
     "/{job_id}/cancel",
     response_model=JobPublic,
-    responses=errors("job_not_found", "job_not_cancellable"),
+    responses=errors("job_not_found", "job_not_cancellable", "body_too_large"),
 )
 def cancel_job(
     job_id: str,

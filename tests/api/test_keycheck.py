@@ -3,12 +3,17 @@ with a 64 MiB JSON body had it read and parsed before the 401)."""
 
 from __future__ import annotations
 
+import json
+import socket
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 from fastapi.testclient import TestClient
 from sqlalchemy import event
 from sqlalchemy.orm import Session
+
+from tests.liveserver import live_api
 
 MiB = 1024 * 1024
 BODY_ROUTES = [
@@ -96,3 +101,26 @@ def test_a_request_with_a_body_looks_its_key_up_once(
         assert len(lookups) == 1
     finally:
         event.remove(connection, "before_cursor_execute", count)
+
+
+def test_a_real_server_answers_401_after_the_headers_alone(tmp_path: Path, database: str) -> None:
+    """Over a socket to uvicorn: the headers of a 64 MiB JSON body with an unknown key, and
+    only its first KiB; the 401 comes back without the rest ever being sent."""
+    with live_api(tmp_path / "api.log") as base_url:
+        host, port = base_url.removeprefix("http://").split(":")
+        with socket.create_connection((host, int(port)), timeout=30) as sock:
+            sock.sendall(
+                b"POST /v1/jobs HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer dk_not_a_key\r\n"
+                b"Content-Type: application/json\r\nContent-Length: %d\r\n\r\n"
+                % (64 * MiB)
+                + b" " * 1024
+            )
+            answer = b""
+            while b"\r\n\r\n" not in answer or not answer.rstrip().endswith(b"}"):
+                chunk = sock.recv(65536)  # 30 s: the guard against a server that waits
+                if not chunk:
+                    break
+                answer += chunk
+    head, _, body = answer.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 401"), answer[:300]
+    assert json.loads(body)["error"]["code"] == "unauthorized"

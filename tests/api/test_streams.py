@@ -17,6 +17,7 @@ import redis
 from app.auth.service import create_key
 from app.db import session_factory
 from client import parse_sse
+from tests.api.test_artifacts import store_artifact
 from tests.conftest import PG_ADMIN_URL, TEST_DB
 from tests.factories import HUB_TEACHER, TINY_SENTIMENT, TINY_STUDENT
 from tests.liveserver import live_api
@@ -102,34 +103,34 @@ def test_more_streams_than_the_pool_holds_leave_it_free(
         assert asyncio.run(main()) == (0, 200, 200)
 
 
-def test_streams_past_the_tenant_s_cap_are_429(
+def test_streams_and_downloads_past_the_tenant_s_cap_are_429(
     tmp_path: Path, database: str, queue: redis.Redis
 ) -> None:
     with queued_job(tmp_path, "streams-cap", DISTILLERY_MAX_STREAMS_PER_TENANT="2") as (
         client,
         job_id,
     ):
+        with session_factory()() as s:  # committed: the API process reads it
+            store_artifact(s, "streams-cap", job_id)
         url = f"{client.base_url}/v1/jobs/{job_id}/events?stream=true"
+        download = f"{client.base_url}/v1/jobs/{job_id}/artifacts/student.zip"
 
-        async def main() -> httpx.Response:
+        async def main() -> tuple[httpx.Response, httpx.Response]:
             opened: Opened = []
             async with httpx.AsyncClient(headers=client.headers, timeout=60) as http:
                 try:
                     for _ in range(2):
                         await _open_past_first_event(http, url, opened)
-                    return await http.get(
-                        url, timeout=30
-                    )  # refused: ends at once (30 s: a hang guard)
+                    # refused, so they end at once (30 s: a guard against a hang)
+                    return await http.get(url, timeout=30), await http.get(download, timeout=30)
                 finally:
                     for response, _ in opened:
                         await response.aclose()
 
-        refused = asyncio.run(main())
-        assert refused.status_code == 429
-        assert refused.json()["error"]["code"] == "too_many_streams"
-        assert refused.headers["retry-after"]
-        # a download counts against the same cap only while it is open: none is open now
-        assert client.get(f"/v1/jobs/{job_id}/artifacts/student.zip").status_code == 404
+        for refused in asyncio.run(main()):
+            assert refused.status_code == 429
+            assert refused.json()["error"]["code"] == "too_many_streams"
+            assert refused.headers["retry-after"]
 
 
 def test_a_stream_ends_after_its_lifetime_and_resumes_from_last_event_id(

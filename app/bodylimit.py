@@ -1,4 +1,5 @@
-"""Refuse an oversized upload before the multipart parser spools it to disk."""
+"""Caps on the request body, enforced before and while it is read: an upload's before the
+multipart parser spools it to disk, every other body's (JSON) before it is parsed."""
 
 from __future__ import annotations
 
@@ -12,27 +13,47 @@ from app.errors import error_body
 MULTIPART_OVERHEAD = 64 * 1024  # boundaries and part headers around the file
 
 
-class BodyLimit:
-    """Per-path caps on the request body: Content-Length is checked first, then the bytes
-    actually received are counted, so a chunked upload cannot slip past either."""
+def carries_body(scope: Scope) -> bool:
+    """Content-Length above 0, or chunked (no length said)."""
+    for name, value in scope["headers"]:
+        if name == b"transfer-encoding" or (name == b"content-length" and value.strip() != b"0"):
+            return True
+    return False
 
-    def __init__(self, app: ASGIApp, limits: Callable[[], dict[str, int]]) -> None:
+
+class BodyLimit:
+    """Per-path caps on upload bodies (`limits`: path -> bytes) and one cap, `default`, on
+    every other body. Content-Length is checked first, then the bytes actually received are
+    counted, so a chunked body cannot slip past either."""
+
+    def __init__(
+        self, app: ASGIApp, limits: Callable[[], dict[str, int]], default: Callable[[], int]
+    ) -> None:
         self.app = app
         self.limits = limits
+        self.default = default
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or scope["method"] != "POST":
+        if scope["type"] != "http" or not carries_body(scope):
             await self.app(scope, receive, send)
             return
-        cap = self.limits().get(scope["path"].rstrip("/"))
-        if cap is None:
-            await self.app(scope, receive, send)
-            return
-        cap += MULTIPART_OVERHEAD
+        upload_cap = self.limits().get(scope["path"].rstrip("/"))
+        if upload_cap is not None and scope["method"] == "POST":
+            cap, code, what, field = (
+                upload_cap + MULTIPART_OVERHEAD,
+                "file_too_large",
+                "file",
+                "file",
+            )
+        else:
+            cap, code, what, field = self.default(), "body_too_large", "request body", None
+        body = json.dumps(
+            error_body(code, f"the {what} is larger than the {cap} byte limit", field)
+        ).encode()
         headers = dict(scope["headers"])
         declared = headers.get(b"content-length")
         if declared is not None and declared.isdigit() and int(declared) > cap:
-            await self._refuse(send, cap)
+            await self._refuse(send, body)
             return
         received = 0
         refused = False
@@ -47,7 +68,7 @@ class BodyLimit:
                 if received > cap:
                     # Answer now; the app sees a client that went away and stops reading.
                     refused = True
-                    await self._refuse(send, cap)
+                    await self._refuse(send, body)
                     return {"type": "http.disconnect"}
             return message
 
@@ -58,12 +79,7 @@ class BodyLimit:
         await self.app(scope, counting_receive, guarded_send)
 
     @staticmethod
-    async def _refuse(send: Send, cap: int) -> None:
-        body = json.dumps(
-            error_body(
-                "file_too_large", f"the request body is larger than the {cap} byte limit", "file"
-            )
-        ).encode()
+    async def _refuse(send: Send, body: bytes) -> None:
         await send(
             {
                 "type": "http.response.start",

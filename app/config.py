@@ -34,6 +34,18 @@ class Settings(BaseSettings):
     # A request that waits longer than this for a session answers 503 server_busy, Retry-After.
     db_pool_timeout_seconds: float = Field(default=10.0, gt=0)
 
+    # Event streams and downloads open at once per tenant (per API process): 429
+    # too_many_streams past it. An event stream ends cleanly after stream_max_seconds; the
+    # client resumes it with Last-Event-ID (a proxy's idle or lifetime cut is handled alike).
+    max_streams_per_tenant: int = Field(default=16, ge=1)
+    stream_max_seconds: float = Field(default=1800.0, gt=0)
+
+    # Requests per API key per minute (a moving window): 429 rate_limited with Retry-After
+    # past it. Kept in Redis when the broker is Redis (or at rate_limit_storage_url, a
+    # `limits` storage URL), else in each process's memory.
+    rate_limit_per_minute: int = Field(default=6000, ge=1)
+    rate_limit_storage_url: str | None = None
+
     # `make run`'s port on 127.0.0.1.
     dev_port: int = Field(default=8000, ge=1, le=65535)
 
@@ -81,6 +93,8 @@ class Settings(BaseSettings):
     # Uncompressed size cap for an uploaded model archive (zip-bomb guard).
     max_model_unpacked_bytes: int = Field(default=4 * 1024 * 1024 * 1024, gt=0)
     max_archive_members: int = Field(default=200, gt=0)
+    # Every request body that is not an upload (a job's JSON is a few KiB): 413 body_too_large.
+    max_json_body_bytes: int = Field(default=1024 * 1024, gt=0)
 
     default_tenant: str = "default"
     # Per-tenant defaults; a tenant row may set its own.

@@ -9,13 +9,14 @@ from typing import Annotated, Any, TypeVar
 
 import anyio
 from anyio.lowlevel import RunVar
-from fastapi import Depends, Header
+from fastapi import Depends, Header, Request
 from sqlalchemy.orm import Session
 
-from app.auth.service import authenticate, bearer_token
+from app.auth.service import authenticate, bearer_token, hash_key
 from app.config import get_settings
 from app.db import read_session_factory, session_factory
 from app.errors import server_busy
+from app.ratelimit import check_rate
 
 T = TypeVar("T")
 
@@ -94,12 +95,31 @@ async def get_session() -> AsyncIterator[Session]:
 SessionDep = Annotated[Session, Depends(get_session, scope="function")]
 
 
+TENANT_STATE = "tenant_id"  # request.state's name for a tenant that app.keycheck already found
+
+
+def known_tenant(request: Request) -> str | None:
+    """The tenant KeyFirst looked up before the body was read, if it did (requests with a body)."""
+    tenant: str | None = getattr(request.state, TENANT_STATE, None)
+    return tenant
+
+
 def current_tenant(
+    request: Request,
     session: SessionDep,
     authorization: Annotated[str | None, Header(description="Bearer <API key>")] = None,
 ) -> str:
-    """The tenant that owns the presented API key; 401 without a valid one."""
-    return authenticate(session, authorization)
+    """The tenant that owns the presented API key; 401 without a valid one, 429 past its
+    rate limit."""
+    return known_tenant(request) or admit_key(session, authorization)
+
+
+def admit_key(session: Session, authorization: str | None) -> str:
+    """The key's tenant (401 without a valid key), its request counted against the key's
+    rate limit (429 rate_limited past it). Blocking: a query, and Redis where it is used."""
+    tenant = authenticate(session, authorization)
+    check_rate(hash_key(bearer_token(authorization)))
+    return tenant
 
 
 TenantDep = Annotated[str, Depends(current_tenant)]
@@ -128,6 +148,45 @@ async def get_session_scope() -> SessionScope:
     return request_session
 
 
+async def authenticate_first(app: Any, authorization: str | None) -> str:
+    """The key's tenant, for middleware that runs before any dependency: 401 without the
+    database for a missing or malformed header, else one lookup on a thread, admitted like
+    any request session. `app`'s override of get_session_scope (the tests') is honoured."""
+    bearer_token(authorization)
+    provider = app.dependency_overrides.get(get_session_scope, get_session_scope)
+    scope: SessionScope = await provider()
+    gate, threads = _admission_for_this_loop()
+    await _admit(gate)
+    try:
+        return await anyio.to_thread.run_sync(
+            partial(_authenticate_in, scope, authorization), limiter=threads
+        )
+    finally:
+        gate.release()
+
+
+async def short_read(work: Callable[..., T], /, *args: Any) -> T:
+    """`work(session, *args)` in a read session of its own, admitted like a request's and
+    closed when the work returns: what a stream polls with, so that between its polls an
+    open stream holds neither a connection nor a thread."""
+    gate, threads = _admission_for_this_loop()
+    await _admit(gate)
+    try:
+        return await anyio.to_thread.run_sync(partial(_read_in, work, args), limiter=threads)
+    finally:
+        gate.release()
+
+
+def _read_in(work: Callable[..., T], args: tuple[Any, ...]) -> T:
+    with request_session(True) as session:
+        return work(session, *args)
+
+
+def _authenticate_in(scope: SessionScope, authorization: str | None) -> str:
+    with scope(True) as session:
+        return admit_key(session, authorization)
+
+
 class TenantDb:
     """A request's whole database work as one call on one worker thread: a session, the API
     key's tenant, the work, the commit, the close.
@@ -138,9 +197,12 @@ class TenantDb:
     is the same one, held only around the hop.
     """
 
-    def __init__(self, scope: SessionScope, authorization: str | None) -> None:
+    def __init__(
+        self, scope: SessionScope, authorization: str | None, *, tenant: str | None = None
+    ) -> None:
         self._scope = scope
         self._authorization = authorization
+        self._tenant = tenant  # already looked up (app.keycheck): no second lookup
 
     async def run(self, work: Callable[..., T], /, **kwargs: Any) -> T:
         """`work(session, tenant_id=<the key's tenant>, **kwargs)` in one transaction; 401
@@ -163,17 +225,19 @@ class TenantDb:
 
     def _in_thread(self, work: Callable[..., T], kwargs: dict[str, Any], read_only: bool) -> T:
         with self._scope(read_only) as session:
-            return work(session, tenant_id=authenticate(session, self._authorization), **kwargs)
+            tenant = self._tenant or admit_key(session, self._authorization)
+            return work(session, tenant_id=tenant, **kwargs)
 
 
 async def tenant_db(
+    request: Request,
     scope: Annotated[SessionScope, Depends(get_session_scope)],
     authorization: Annotated[str | None, Header(description="Bearer <API key>")] = None,
 ) -> TenantDb:
-    """401 here, before the body is read, for a request with no bearer key at all; a key
-    that is well formed but unknown or revoked answers 401 from `run`, which looks it up."""
+    """A request with a body had its key looked up before the body was read (app.keycheck);
+    one without has it looked up in `run`'s one thread hop, 401 before any work."""
     bearer_token(authorization)
-    return TenantDb(scope, authorization)
+    return TenantDb(scope, authorization, tenant=known_tenant(request))
 
 
 TenantDbDep = Annotated[TenantDb, Depends(tenant_db)]

@@ -53,6 +53,7 @@ CATALOGUE: dict[str, ErrorExample] = {
         410, "artifact 'student.zip' is recorded but its file is gone from storage"
     ),
     "file_too_large": ErrorExample(413, "the file is larger than the 209715200 byte limit", "file"),
+    "body_too_large": ErrorExample(413, "the request body is larger than the 1048576 byte limit"),
     "storage_quota_exceeded": ErrorExample(
         413,
         "this upload (1048576 bytes) would take the tenant's storage to 53687091201 bytes, over "
@@ -88,6 +89,12 @@ CATALOGUE: dict[str, ErrorExample] = {
     "too_many_jobs": ErrorExample(
         429, "the tenant already has 100 queued or running jobs, its limit"
     ),
+    "too_many_streams": ErrorExample(
+        429, "the tenant already has 16 event streams or downloads open, its limit"
+    ),
+    "rate_limited": ErrorExample(
+        429, "this API key made more than 6000 requests in a minute; retry after 12 s"
+    ),
     "queue_unavailable": ErrorExample(503, "the job queue is unreachable; the job was not started"),
     "server_busy": ErrorExample(503, "the server is busy; retry after a second"),
 }
@@ -109,10 +116,11 @@ Answer = str | int | tuple[int, str]
 
 
 def errors(*answers: Answer) -> dict[int | str, dict[str, Any]]:
-    """The OpenAPI `responses` for these error answers, plus the 401 every authenticated route
-    can give: a code from CATALOGUE, (status, code) for a code at another status, or a bare
-    status for its historical example. Several codes at one status become named examples."""
-    by_status: dict[int, list[str]] = {401: ["unauthorized"]}
+    """The OpenAPI `responses` for these error answers, plus the 401 and the 429 rate_limited
+    every authenticated route can give: a code from CATALOGUE, (status, code) for a code at
+    another status, or a bare status for its historical example. Several codes at one status
+    become named examples."""
+    by_status: dict[int, list[str]] = {401: ["unauthorized"], 429: ["rate_limited"]}
     for answer in answers:
         status, code = _status_and_code(answer)
         codes = by_status.setdefault(status, [])

@@ -22,6 +22,8 @@ from app.errors import AppError
 from app.storage import Storage
 
 _BYTE_RANGE = re.compile(r"bytes=([0-9]*)-([0-9]*)", re.ASCII | re.IGNORECASE)
+# Past any object's size; a longer number would also trip int()'s 4300-digit guard (a 500).
+_BEYOND = 2**64
 # One read in flight per download; downloads beyond this many wait for a reader thread.
 _READERS = ThreadPoolExecutor(max_workers=16, thread_name_prefix="artifact-read")
 
@@ -37,17 +39,22 @@ def parse_range(header: str, size: int) -> tuple[int, int] | None:
     if not first:
         if not last:
             return None
-        suffix = int(last)  # the last n bytes
+        suffix = _number(last)  # the last n bytes
         if suffix == 0 or size == 0:
             raise _unsatisfiable(size)
         return max(size - suffix, 0), size - 1
-    start = int(first)
-    end = int(last) if last else size - 1
+    start = _number(first)
+    end = _number(last) if last else size - 1
     if last and end < start:
         return None  # syntactically invalid: ignored, like a header we cannot read
     if start >= size:
         raise _unsatisfiable(size)
     return start, min(end, size - 1)
+
+
+def _number(digits: str) -> int:
+    """A byte position; one of more than 19 digits is past any object, read as 2**64."""
+    return int(digits) if len(digits) <= 19 else _BEYOND
 
 
 def artifact_response(

@@ -7,7 +7,8 @@ from collections.abc import AsyncIterator
 import anyio
 from sqlalchemy.orm import Session
 
-from app.db import session_factory
+from app.config import get_settings
+from app.deps import short_read
 from app.errors import AppError
 from app.jobs import repository
 from app.jobs.schemas import EventPublic
@@ -40,22 +41,39 @@ def resume_point(after: int | None, last_event_id: str | None) -> int | None:
     return int(last_event_id)
 
 
-def _fetch(job_id: str, after: int | None) -> tuple[list[EventPublic], str | None]:
-    with session_factory()() as s:
-        status_now = repository.job_status(s, job_id)  # read before the events: none is missed
-        rows = repository.events_page(s, job_id=job_id, after=after, limit=STREAM_BATCH)
-        return [EventPublic.model_validate(r) for r in rows], status_now
+def stream_start(session: Session, *, tenant_id: str, job_id: str) -> str:
+    """The tenant, once its job is known to exist (job_not_found before the stream opens)."""
+    get_job(session, tenant_id=tenant_id, job_id=job_id)
+    return tenant_id
+
+
+def _fetch(
+    session: Session, job_id: str, after: int | None
+) -> tuple[list[EventPublic], str | None]:
+    status_now = repository.job_status(session, job_id)  # read before the events: none missed
+    rows = repository.events_page(session, job_id=job_id, after=after, limit=STREAM_BATCH)
+    return [EventPublic.model_validate(r) for r in rows], status_now
 
 
 async def stream(job_id: str, after: int | None) -> AsyncIterator[dict[str, str]]:
-    """SSE items from the event after `after` on, ending once the job has ended."""
+    """SSE items from the event after `after` on, ending once the job has ended, or cleanly
+    after `stream_max_seconds` (the client resumes with Last-Event-ID). Each poll takes a
+    session of its own for its two SELECTs; between polls the stream holds no connection."""
     last = after
+    deadline = anyio.current_time() + get_settings().stream_max_seconds
     while True:
-        events, status_now = await anyio.to_thread.run_sync(_fetch, job_id, last)
+        try:
+            events, status_now = await short_read(_fetch, job_id, last)
+        except AppError as exc:
+            if exc.code != "server_busy":
+                raise
+            events, status_now = [], ""  # every session taken: try again at the next poll
         for event in events:
             last = event.id
             yield {"id": str(event.id), "event": event.type, "data": event.model_dump_json()}
         if not events:
             if status_now is None or status_now in TERMINAL:
+                return
+            if anyio.current_time() >= deadline:
                 return
             await anyio.sleep(STREAM_POLL_S)

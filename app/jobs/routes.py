@@ -24,6 +24,7 @@ from app.openapi import errors
 from app.pagination import AfterQuery, LimitQuery, Page
 from app.responses import json_response
 from app.storage import get_storage
+from app.streams import Slotted, take_slot
 from contract.vocab import JobStatusName
 
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
@@ -65,6 +66,7 @@ StatusQuery = Annotated[str | None, Query(pattern=f"^({'|'.join(get_args(JobStat
         "webhook_url_forbidden",
         "too_many_jobs",
         "queue_unavailable",
+        "body_too_large",
     ),
 )
 async def create_job(
@@ -107,7 +109,7 @@ async def get_job(job_id: str, db: TenantDbDep) -> Response:
 @router.post(
     "/{job_id}/cancel",
     response_model=JobPublic,
-    responses=errors("job_not_found", "job_not_cancellable"),
+    responses=errors("job_not_found", "job_not_cancellable", "body_too_large"),
 )
 def cancel_job(
     job_id: str,
@@ -124,14 +126,13 @@ def cancel_job(
     "/{job_id}/events",
     response_model=Page[EventPublic],
     responses={
-        **errors("job_not_found", "invalid_request"),
+        **errors("job_not_found", "invalid_request", "too_many_streams"),
         200: {"content": {"text/event-stream": {}}},
     },
 )
-def list_events(
+async def list_events(
     job_id: str,
-    session: SessionDep,
-    tenant: TenantDep,
+    db: TenantDbDep,
     after: Annotated[int | None, Query(ge=0, description="an event id")] = None,
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
     stream: Annotated[bool, Query(description="Server-Sent Events")] = False,
@@ -139,12 +140,15 @@ def list_events(
 ) -> Any:
     """Stage changes, losses, evaluations, checkpoints, warnings, errors. With `stream=true`
     the same events arrive live as SSE, ending when the job ends; reconnect with
-    `Last-Event-ID` to resume."""
+    `Last-Event-ID` to resume; a stream also ends after `stream_max_seconds`, and resumes
+    the same way. Its database work ends before it starts: it polls with sessions of its own."""
     if stream:
-        service.get_job(session, tenant_id=tenant, job_id=job_id)
         start = events.resume_point(after, last_event_id)
-        return EventSourceResponse(events.stream(job_id, start), ping=15)
-    return events.page(session, tenant_id=tenant, job_id=job_id, after=after, limit=limit)
+        tenant = await db.read(events.stream_start, job_id=job_id)
+        return Slotted(
+            EventSourceResponse(events.stream(job_id, start), ping=15), take_slot(tenant)
+        )
+    return json_response(await db.read(events.page, job_id=job_id, after=after, limit=limit))
 
 
 @router.get("/{job_id}/metrics", response_model=MetricsSeries, responses=errors("job_not_found"))

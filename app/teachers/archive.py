@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gzip
 import stat
+import struct
 import tarfile
 import zipfile
 import zlib
@@ -26,6 +27,16 @@ _TAR_HEADER_TYPES = (
 # What a truncated or doctored archive raises while it is read. A chain of thousands of pax
 # headers makes tarfile recurse until RecursionError.
 _CORRUPT_ZIP = (zipfile.BadZipFile, zlib.error, EOFError)
+# zipfile reads the whole central directory into memory and builds a ZipInfo per entry before
+# anyone can count them (issue 12: 400,000 entries cost +261 MiB before the member cap said
+# no). The end-of-central-directory record says both the count and the directory's size, in
+# the file's last 64 KiB: read there first. A save_pretrained folder's central record is
+# ~100 bytes (46 fixed, a short name, a timestamp extra); more than this per allowed member
+# means a directory that lies about its count.
+CENTRAL_RECORD_BUDGET = 2048
+_EOCD = b"PK\x05\x06"
+_EOCD64_LOCATOR = b"PK\x06\x07"
+_EOCD64 = b"PK\x06\x06"
 _CORRUPT_TAR = (tarfile.TarError, zlib.error, EOFError, gzip.BadGzipFile, RecursionError)
 
 
@@ -106,7 +117,40 @@ def _write(src: IO[bytes], target: Path, *, declared: int) -> None:
             out.write(chunk)
 
 
+def central_directory(archive: Path) -> tuple[int, int]:
+    """(entries, central directory bytes) as the end records say, read from the file's tail
+    alone (zip64 too); BadZipFile when there is no end record."""
+    with archive.open("rb") as f:
+        size = f.seek(0, 2)
+        tail_start = max(0, size - (22 + 0xFFFF))  # the record and its longest comment
+        f.seek(tail_start)
+        tail = f.read()
+        at = tail.rfind(_EOCD)
+        if at < 0 or len(tail) - at < 22:
+            raise zipfile.BadZipFile("no end of central directory record")
+        entries, cd_size = struct.unpack_from("<HI", tail, at + 10)
+        if entries == 0xFFFF or cd_size == 0xFFFFFFFF:  # zip64: the real numbers are elsewhere
+            locator = at - 20
+            if locator < 0 or tail[locator : locator + 4] != _EOCD64_LOCATOR:
+                raise zipfile.BadZipFile("a zip64 archive without its end record locator")
+            (offset,) = struct.unpack_from("<Q", tail, locator + 8)
+            f.seek(offset)
+            record = f.read(56)
+            if len(record) < 56 or record[:4] != _EOCD64:
+                raise zipfile.BadZipFile("a zip64 archive without its end record")
+            entries, cd_size = struct.unpack_from("<QQ", record, 32)
+    return entries, cd_size
+
+
 def _extract_zip(archive: Path, dest: Path, *, max_members: int, max_unpacked_bytes: int) -> None:
+    entries, cd_size = central_directory(archive)
+    if entries > max_members:
+        raise _bad(f"the archive has more than {max_members} entries")
+    if cd_size > max_members * CENTRAL_RECORD_BUDGET:
+        raise _bad(
+            f"the archive's central directory ({cd_size} bytes) is too large for "
+            f"{max_members} entries"
+        )
     with zipfile.ZipFile(archive) as zf:
         infos = zf.infolist()
         if len(infos) > max_members:

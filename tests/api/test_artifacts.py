@@ -221,3 +221,24 @@ def test_read_ahead_keeps_the_order_and_closes_the_file_when_the_client_leaves()
     assert anyio.run(whole) == [b"a", b"b", b"c"]
     assert anyio.run(leave_after_two) == [bytes([0]) * 10, bytes([1]) * 10]
     assert closed.wait(timeout=30), "the source was never closed"
+
+
+@pytest.mark.parametrize(
+    ("header", "status"),
+    [
+        ("bytes=0-" + "9" * 5000, 206),  # to the end
+        ("bytes=" + "9" * 5000 + "-", 416),  # starts past the end
+        ("bytes=-" + "9" * 5000, 206),  # the last n bytes: all of them
+    ],
+)
+def test_a_range_with_a_5000_digit_number_is_read_not_a_500(
+    client: TestClient, url: str, header: str, status: int
+) -> None:
+    response = client.get(url, headers={"Range": header})
+    assert response.status_code == status
+    if status == 206:
+        assert response.content == CONTENT
+        assert response.headers["content-range"] == f"bytes 0-{SIZE - 1}/{SIZE}"
+    else:
+        assert response.json()["error"]["code"] == "range_not_satisfiable"
+        assert response.headers["content-range"] == f"bytes */{SIZE}"

@@ -42,3 +42,42 @@ def test_streamed_body_over_the_cap_is_413(client: TestClient, small_cap: int) -
 def test_other_routes_are_not_capped(client: TestClient, small_cap: int) -> None:
     response = client.post("/v1/jobs", json={"teacher": "x" * 2000, "dataset": "ds_x"})
     assert response.status_code == 422  # validated, not cut off
+
+
+def _json_over(limit: int) -> bytes:
+    return b'{"teacher": "' + b"x" * limit + b'", "dataset": "ds_x"}'
+
+
+def test_a_json_body_over_the_default_cap_is_413(client: TestClient) -> None:
+    body = _json_over(get_settings().max_json_body_bytes)
+    response = client.post("/v1/jobs", content=body, headers={"content-type": "application/json"})
+    assert response.status_code == 413
+    assert response.json()["error"]["code"] == "body_too_large"
+
+
+def test_a_streamed_json_body_over_the_cap_is_413(
+    client: TestClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("DISTILLERY_MAX_JSON_BODY_BYTES", "1000")
+    get_settings.cache_clear()
+
+    def chunks() -> Iterator[bytes]:  # chunked, no Content-Length: counted as it comes
+        yield b'{"teacher": "'
+        for _ in range(200):
+            yield b"x" * 100
+        yield b'", "dataset": "ds_x"}'
+
+    try:
+        response = client.post(
+            "/v1/jobs", content=chunks(), headers={"content-type": "application/json"}
+        )
+        also = client.post("/v1/jobs/job_x/cancel", content=_json_over(1000))
+    finally:
+        monkeypatch.undo()
+        get_settings.cache_clear()
+    assert response.status_code == 413
+    assert response.json()["error"] == {
+        "code": "body_too_large",
+        "message": "the request body is larger than the 1000 byte limit",
+    }
+    assert also.status_code == 413

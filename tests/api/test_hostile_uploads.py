@@ -947,3 +947,96 @@ def test_hostile_file_names_are_stored_as_a_plain_name(client: TestClient) -> No
     )
     assert response.status_code == 201, response.text
     assert response.json()["filename"] == "ab[31m.jsonl"
+
+
+def _claim_entries(content: bytes, entries: int) -> bytes:
+    """The zip with its end record claiming `entries` entries; the directory itself unchanged."""
+    at = content.rfind(b"PK\x05\x06")
+    return content[: at + 8] + struct.pack("<HH", entries, entries) + content[at + 12 :]
+
+
+def test_the_zip_member_count_is_read_from_the_end_record_before_anything_is_listed(
+    guard: Guard, teacher: dict[str, bytes], settings_env: Callable[..., None]
+) -> None:
+    """A directory of a few entries behind an end record that claims 60,000: refused on the
+    claim, so a real 60,000-entry directory is never read into memory either."""
+    settings_env(max_archive_members=len(teacher) + 2)
+    claimed = _claim_entries(zip_of(teacher), 60_000)
+    guard.rejects(
+        "/v1/models",
+        "t.zip",
+        claimed,
+        status=422,
+        code="model_invalid",
+        message=f"more than {len(teacher) + 2} entries",
+    )
+
+
+def test_a_zip_whose_end_record_understates_its_directory_is_refused(
+    guard: Guard, teacher: dict[str, bytes], settings_env: Callable[..., None]
+) -> None:
+    settings_env(max_archive_members=len(teacher) + 2)
+    many = zip_of({**teacher, **{f"notes/{i:05}.txt": b"" for i in range(2000)}})
+    guard.rejects(
+        "/v1/models",
+        "t.zip",
+        _claim_entries(many, len(teacher)),
+        status=422,
+        code="model_invalid",
+        message="central directory",
+    )
+
+
+def test_the_end_record_is_read_in_zip64_too(tmp_path: Path) -> None:
+    from app.teachers.archive import central_directory
+
+    path = tmp_path / "t.zip"
+    with zipfile.ZipFile(path, "w") as zf:
+        for i in range(3):
+            zf.writestr(f"f{i}.txt", b"x")
+    plain = central_directory(path)
+    assert plain[0] == 3
+    with zipfile.ZipFile(path, "w", allowZip64=True) as zf:
+        for i in range(0x10000):  # one more than the classic record can count: zip64's
+            zf.writestr(zipfile.ZipInfo(f"{i}"), b"")
+    entries, cd_size = central_directory(path)
+    assert entries == 0x10000
+    assert cd_size > 46 * 0x10000
+
+
+def test_healthz_answers_while_a_large_upload_is_validated(
+    client: TestClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The validation waits, mid-way, until /healthz has answered: on the event loop it would
+    block the loop, /healthz could not answer, and the wait would run out instead."""
+    import threading
+
+    from app.datasets import service
+
+    validating = threading.Event()
+    healthz_answered = threading.Event()
+    order: list[str] = []
+
+    def parse_while_healthz(stream: Any, *, filename: str) -> Any:
+        validating.set()
+        order.append("answered" if healthz_answered.wait(timeout=30) else "loop blocked")
+        return parse_dataset(stream, filename=filename)
+
+    monkeypatch.setattr(service, "parse_dataset", parse_while_healthz)
+    content = (TINY_SENTIMENT / "train.jsonl").read_bytes()
+    results: list[int] = []
+    upload = threading.Thread(
+        target=lambda: results.append(
+            client.post("/v1/datasets", files={"file": ("t.jsonl", content)}).status_code
+        )
+    )
+    upload.start()
+    try:
+        assert validating.wait(timeout=60)
+        assert client.get("/healthz").status_code == 200
+        healthz_answered.set()
+    finally:
+        healthz_answered.set()
+        upload.join()
+    assert order == ["answered"]
+    assert results == [201]

@@ -17,7 +17,7 @@ from pydantic import BaseModel
 from sqlalchemy.orm import Session
 
 from app import idempotency
-from app.auth.service import check_storage_quota, upload_limit
+from app.auth.service import upload_limit
 from app.config import get_settings
 from app.errors import AppError
 
@@ -92,8 +92,9 @@ async def handle_upload(
     max_bytes: int,
     create: Callable[[SpooledUpload], BaseModel],
 ) -> Any:
-    """Spool under the tenant's cap, replay an idempotent retry, check the storage quota,
-    create (validating everything), store the response for the key, then commit."""
+    """Spool under the tenant's cap, replay an idempotent retry, create (validating everything;
+    `create` checks the storage quota against the bytes it will store, in this transaction),
+    store the response for the key, then commit."""
     settings = get_settings()
     upload = await spool(
         file,
@@ -110,9 +111,6 @@ async def handle_upload(
             )
         ):
             return JSONResponse(replay.body, status_code=replay.status_code)
-        check_storage_quota(
-            session, settings=settings, tenant_id=tenant, incoming_bytes=upload.size_bytes
-        )
         public = create(upload)
     finally:
         upload.discard()

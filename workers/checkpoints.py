@@ -5,12 +5,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from app.keys import checkpoint_prefix
 from app.storage import Storage, StoredObject, download_prefix
 from workers.distill.checkpoint import checkpoint_dir
 
-
-def checkpoint_prefix(tenant_id: str, job_id: str) -> str:
-    return f"tenants/{tenant_id}/jobs/{job_id}/checkpoints"
+__all__ = ["CheckpointMirror", "checkpoint_prefix"]
 
 
 class CheckpointMirror:

@@ -109,17 +109,25 @@ def active_jobs_limit(tenant: Tenant | None, settings: Settings) -> int:
     return settings.max_active_jobs_per_tenant
 
 
+QUOTA_HINT = (
+    "free space with DELETE /v1/datasets/{id}, DELETE /v1/models/{id} or DELETE /v1/jobs/{id}, "
+    "or ask for a larger quota"
+)
+
+
 def check_storage_quota(
     session: Session, *, settings: Settings, tenant_id: str, incoming_bytes: int
 ) -> None:
-    quota = storage_quota(repository.get_tenant(session, tenant_id), settings)
+    """413 when `incoming_bytes` more would take the tenant over its quota. Locks the tenant
+    row until the caller's transaction ends, so call it in the transaction that records the
+    bytes: two uploads can no longer both pass the check and then both insert."""
+    quota = storage_quota(repository.lock_tenant(session, tenant_id), settings)
     used = repository.stored_bytes(session, tenant_id)
     if used + incoming_bytes > quota:
         raise AppError(
             "storage_quota_exceeded",
-            f"this upload ({incoming_bytes} bytes) would "
-            f"take the tenant's storage to {used + incoming_bytes} bytes, over its "
-            f"{quota} byte quota; delete something or ask for a larger quota",
+            f"this upload ({incoming_bytes} bytes as stored) would take the tenant's storage "
+            f"to {used + incoming_bytes} bytes, over its {quota} byte quota; {QUOTA_HINT}",
             413,
         )
 

@@ -4,11 +4,13 @@ from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import func, select, update
+from sqlalchemy import delete, func, select, update
 from sqlalchemy.orm import Session, aliased
 
+from app.artifacts.models import Artifact
 from app.base import utcnow
 from app.jobs.models import Job, JobCheckpoint, JobEvent, JobMetric, WebhookDelivery
+from app.locks import RowLock, locked
 from contract.vocab import JobStatus
 
 
@@ -18,8 +20,30 @@ def add(session: Session, job: Job) -> Job:
     return job
 
 
-def get(session: Session, *, tenant_id: str, job_id: str) -> Job | None:
-    return session.scalar(select(Job).where(Job.id == job_id, Job.tenant_id == tenant_id))
+def get(session: Session, *, tenant_id: str, job_id: str, lock: RowLock = None) -> Job | None:
+    query = select(Job).where(Job.id == job_id, Job.tenant_id == tenant_id)
+    if lock is not None:  # a locked read must see the row as it is now, not as first loaded
+        query = query.execution_options(populate_existing=True)
+    return session.scalar(locked(query, lock))
+
+
+def active(session: Session, *, tenant_id: str) -> Sequence[Job]:
+    """The tenant's queued and running jobs (at most its active-jobs limit, 100 by default)."""
+    return session.scalars(
+        select(Job).where(
+            Job.tenant_id == tenant_id, Job.status.in_([JobStatus.queued, JobStatus.running])
+        )
+    ).all()
+
+
+def delete_job(session: Session, job_id: str) -> None:
+    """The row and everything recorded about it. Postgres would cascade; SQLite enforces
+    foreign keys only when asked, so each table is named."""
+    for table in (JobEvent, JobMetric, JobCheckpoint, WebhookDelivery, Artifact):
+        session.execute(delete(table).where(table.job_id == job_id))
+    session.execute(
+        delete(Job).where(Job.id == job_id).execution_options(synchronize_session=False)
+    )
 
 
 def get_by_id(session: Session, job_id: str) -> Job | None:

@@ -3,6 +3,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Annotated, Any, get_args
 
+import anyio
 from fastapi import APIRouter, Header, Query, status
 from fastapi.responses import JSONResponse, Response
 from pydantic import BeforeValidator
@@ -101,6 +102,21 @@ async def list_jobs(
 @router.get("/{job_id}", response_model=JobPublic, responses=errors("job_not_found"))
 async def get_job(job_id: str, db: TenantDbDep) -> Response:
     return json_response(await db.read(service.get_job_public, job_id=job_id))
+
+
+@router.delete(
+    "/{job_id}",
+    status_code=status.HTTP_204_NO_CONTENT,
+    response_class=Response,
+    responses=errors("job_not_found", "job_active", "job_in_use"),
+)
+async def delete_job(job_id: str, db: TenantDbDep) -> Response:
+    """Delete a finished job: its rows, artifacts and checkpoints. A queued or running job
+    answers 409 `job_active` (cancel it first); a job whose checkpoint a queued or running job
+    starts from (`init_from`) answers 409 `job_in_use`."""
+    removal = await db.run(service.delete_job, job_id=job_id)
+    await anyio.to_thread.run_sync(removal.apply, get_storage())  # after the commit
+    return Response(status_code=status.HTTP_204_NO_CONTENT)
 
 
 @router.post(

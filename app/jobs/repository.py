@@ -169,6 +169,17 @@ def update_running(session: Session, job_id: str, *, owner: str, **values: Any) 
     return bool(result.rowcount)  # type: ignore[attr-defined]
 
 
+def set_stored_bytes(session: Session, job_id: str, stored_bytes: int) -> None:
+    """What storage holds under the job's checkpoints prefix, once a finished job's work folder
+    is trimmed or expired (a running job's goes with its progress, guarded by its owner)."""
+    session.execute(
+        update(Job)
+        .where(Job.id == job_id)
+        .values(stored_bytes=stored_bytes)
+        .execution_options(synchronize_session=False)
+    )
+
+
 def add_event(
     session: Session,
     *,

@@ -78,7 +78,9 @@ CATALOGUE: dict[str, ErrorExample] = {
         410, "artifact 'student.zip' is recorded but its file is gone from storage"
     ),
     "artifact_expired": ErrorExample(
-        410, "job 'job_…''s artifacts expired on 2026-12-01T00:00:00+00:00 (retention: 30 days)"
+        410,
+        "the artifacts of job 'job_…' expired on 2026-12-01T00:00:00+00:00 under the tenant's "
+        "retention",
     ),
     "file_too_large": ErrorExample(413, "the file is larger than the 209715200 byte limit", "file"),
     "storage_quota_exceeded": ErrorExample(

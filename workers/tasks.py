@@ -10,7 +10,7 @@ from celery import Task, signals
 
 from app.config import get_settings
 from app.queue import RUN_JOB_TASK, WEBHOOK_TASK
-from workers.celery_app import REAP_TASK, app
+from workers.celery_app import REAP_TASK, RETENTION_TASK, app
 
 # Celery's decorators are untyped: each task below carries one narrow ignore for that.
 
@@ -68,3 +68,10 @@ def reap_stale_jobs() -> list[str]:
     from workers.reaper import reap_stale_jobs as reap
 
     return reap()
+
+
+@app.task(name=RETENTION_TASK)  # type: ignore[untyped-decorator]
+def expire_artifacts() -> list[str]:
+    from workers.retention import sweep
+
+    return sweep()

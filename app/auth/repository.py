@@ -29,6 +29,14 @@ def lock_tenant(session: Session, tenant_id: str) -> Tenant | None:
     )
 
 
+def retention_overrides(session: Session) -> dict[str, int]:
+    """Tenants that set their own retention: {tenant id: days}."""
+    rows = session.execute(
+        select(Tenant.id, Tenant.retention_days).where(Tenant.retention_days.is_not(None))
+    ).all()
+    return {r[0]: r[1] for r in rows if r[1] is not None}
+
+
 def add(session: Session, row: Tenant | ApiKey) -> None:
     session.add(row)
     session.flush()

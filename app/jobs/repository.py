@@ -51,6 +51,16 @@ def get_by_id(session: Session, job_id: str) -> Job | None:
     return session.get(Job, job_id, populate_existing=True)
 
 
+def get_by_id_locked(session: Session, job_id: str) -> Job | None:
+    """Worker-side read that holds the row (FOR UPDATE) until the transaction ends."""
+    return session.scalar(
+        select(Job)
+        .where(Job.id == job_id)
+        .with_for_update()
+        .execution_options(populate_existing=True)
+    )
+
+
 def page(
     session: Session,
     *,
@@ -167,6 +177,38 @@ def update_running(session: Session, job_id: str, *, owner: str, **values: Any) 
         .execution_options(synchronize_session=False)
     )
     return bool(result.rowcount)  # type: ignore[attr-defined]
+
+
+def due_to_expire(
+    session: Session,
+    *,
+    finished_before: datetime,
+    tenant_ids: Sequence[str] | None = None,
+    other_than: Sequence[str] = (),
+    limit: int = 500,
+) -> Sequence[tuple[str, str]]:
+    """(job id, tenant id) of finished jobs that ended before the cutoff and still hold their
+    artifacts: of `tenant_ids` only, or of every tenant but `other_than`. Oldest first."""
+    query = select(Job.id, Job.tenant_id).where(
+        Job.status.in_([JobStatus.succeeded, JobStatus.failed, JobStatus.cancelled]),
+        Job.finished_at < finished_before,
+        Job.artifacts_expired_at.is_(None),
+    )
+    if tenant_ids is not None:
+        query = query.where(Job.tenant_id.in_(tenant_ids))
+    if other_than:
+        query = query.where(Job.tenant_id.not_in(other_than))
+    rows = session.execute(query.order_by(Job.finished_at).limit(limit)).all()
+    return [(r[0], r[1]) for r in rows]
+
+
+def mark_expired(session: Session, job_id: str, *, at: datetime) -> None:
+    session.execute(
+        update(Job)
+        .where(Job.id == job_id)
+        .values(artifacts_expired_at=at, stored_bytes=0)
+        .execution_options(synchronize_session=False)
+    )
 
 
 def set_stored_bytes(session: Session, job_id: str, stored_bytes: int) -> None:

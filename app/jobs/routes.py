@@ -10,6 +10,7 @@ from pydantic import BeforeValidator
 from sse_starlette.sse import EventSourceResponse
 
 from app import idempotency
+from app.auth.service import retention_for
 from app.config import get_settings
 from app.deps import IdempotencyKeyHeader, SessionDep, TenantDbDep, TenantDep
 from app.jobs import events, service
@@ -94,14 +95,21 @@ async def list_jobs(
 ) -> Response:
     """Jobs, newest first; `next_cursor` is stable while new jobs arrive."""
     page = await db.read(
-        service.list_jobs_page, limit=limit, after=after, status=status, created_after=created_after
+        service.list_jobs_page,
+        settings=get_settings(),
+        limit=limit,
+        after=after,
+        status=status,
+        created_after=created_after,
     )
     return json_response(page)
 
 
 @router.get("/{job_id}", response_model=JobPublic, responses=errors("job_not_found"))
 async def get_job(job_id: str, db: TenantDbDep) -> Response:
-    return json_response(await db.read(service.get_job_public, job_id=job_id))
+    return json_response(
+        await db.read(service.get_job_public, settings=get_settings(), job_id=job_id)
+    )
 
 
 @router.delete(
@@ -132,7 +140,9 @@ def cancel_job(
 ) -> JobPublic:
     """Queued: cancelled at once. Running: stops within about a second, keeping its last checkpoint.
     Idempotent; a job that already succeeded or failed answers 409."""
-    return service.to_public(service.cancel_job(session, tenant_id=tenant, job_id=job_id))
+    job = service.cancel_job(session, tenant_id=tenant, job_id=job_id)
+    days = retention_for(session, settings=get_settings(), tenant_id=tenant)
+    return service.to_public(job, retention_days=days)
 
 
 @router.get(

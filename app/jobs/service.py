@@ -4,14 +4,14 @@ from __future__ import annotations
 
 import base64
 import secrets
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any, NoReturn, cast
 
 from pydantic import ValidationError
 from sqlalchemy.orm import Session
 
 from app import idempotency, queue
-from app.auth.service import check_job_quota
+from app.auth.service import check_job_quota, retention_for
 from app.config import Settings
 from app.datasets.models import Dataset
 from app.datasets.service import get_dataset
@@ -329,13 +329,19 @@ def get_job(
     return job
 
 
-def get_job_public(session: Session, *, tenant_id: str, job_id: str) -> JobPublic:
-    return to_public(get_job(session, tenant_id=tenant_id, job_id=job_id))
+def get_job_public(
+    session: Session, *, settings: Settings, tenant_id: str, job_id: str
+) -> JobPublic:
+    job = get_job(session, tenant_id=tenant_id, job_id=job_id)
+    return to_public(
+        job, retention_days=retention_for(session, settings=settings, tenant_id=tenant_id)
+    )
 
 
 def list_jobs_page(
     session: Session,
     *,
+    settings: Settings,
     tenant_id: str,
     limit: int,
     after: str | None,
@@ -351,7 +357,8 @@ def list_jobs_page(
         created_after=created_after,
     )
     has_more = len(rows) > limit  # the repository reads one row past the page
-    data = [to_public(j) for j in rows[:limit]]
+    days = retention_for(session, settings=settings, tenant_id=tenant_id)
+    data = [to_public(j, retention_days=days) for j in rows[:limit]]
     return Page(data=data, has_more=has_more, next_cursor=data[-1].id if has_more else None)
 
 
@@ -391,7 +398,14 @@ def delete_job(session: Session, *, tenant_id: str, job_id: str) -> Removal:
     return Removal(prefixes=(job_prefix(tenant_id, job.id),))
 
 
-def to_public(job: Job) -> JobPublic:
+def expires_at(job: Job, retention_days: int | None) -> datetime | None:
+    if retention_days is None or job.finished_at is None or job.status not in TERMINAL:
+        return None
+    return job.finished_at + timedelta(days=retention_days)
+
+
+def to_public(job: Job, *, retention_days: int | None = None) -> JobPublic:
+    """`retention_days`: the tenant's (auth.service.retention_for); None shows no expiry."""
     config = job.config
     total = job.total_steps
     return JobPublic(
@@ -422,6 +436,8 @@ def to_public(job: Job) -> JobPublic:
         created_at=job.created_at,
         started_at=job.started_at,
         finished_at=job.finished_at,
+        expires_at=expires_at(job, retention_days),
+        artifacts_expired_at=job.artifacts_expired_at,
     )
 
 

@@ -12,6 +12,7 @@ from client.http import DEFAULT_BASE_URL, DistilleryClient
 from client.resources import (
     Artifact,
     Dataset,
+    Deleted,
     Event,
     Job,
     JobError,
@@ -27,6 +28,7 @@ __all__ = [
     "DEFAULT_BASE_URL",
     "Artifact",
     "Dataset",
+    "Deleted",
     "DistilleryClient",
     "DistilleryError",
     "Event",

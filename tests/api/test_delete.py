@@ -283,3 +283,26 @@ def test_delete_needs_a_key(client: TestClient) -> None:
     anonymous = TestClient(client.app)
     for url in ("/v1/datasets/ds_x", "/v1/models/mdl_x", "/v1/jobs/job_x"):
         assert anonymous.delete(url).status_code == 401
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "/v1/datasets/..%2F..%2Fetc%2Fpasswd",
+        "/v1/datasets/ds_" + "9" * 5000,
+        "/v1/datasets/%C2%B2",
+        "/v1/models/..%2F..%2Fetc",
+        "/v1/models/tenants/t/models/mdl_x",
+        "/v1/models/mdl_%2e%2e%2f%2e%2e",
+        "/v1/models/%00",
+        "/v1/jobs/job_" + "x" * 5000,
+        "/v1/jobs/%20",
+    ],
+)
+def test_hostile_ids_are_a_404_in_the_envelope_and_delete_nothing(
+    client: TestClient, dataset_id: str, url: str
+) -> None:
+    response = client.delete(url)
+    assert response.status_code == 404, response.text
+    assert error_of(response)["code"].endswith("not_found")  # a route or an id
+    assert client.get(f"/v1/datasets/{dataset_id}").status_code == 200

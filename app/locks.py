@@ -8,7 +8,7 @@ from sqlalchemy import Select
 
 # "share": the row may not be deleted or changed until this transaction ends (a new job naming
 # a dataset); "update": nobody else may lock it either (deleting it). SQLite has no row locks
-# and ignores both: it lets one writer in at a time.
+# and ignores both (the one-command default; production runs Postgres).
 RowLock = Literal["share", "update"] | None
 
 S = TypeVar("S", bound=Select[Any])

@@ -19,8 +19,8 @@ def get_tenant(session: Session, tenant_id: str) -> Tenant | None:
 
 def lock_tenant(session: Session, tenant_id: str) -> Tenant | None:
     """The tenant row, locked (FOR UPDATE) until the transaction ends: the quota check and the
-    insert it allows run one tenant's upload at a time (SQLite locks the whole database at the
-    write, which serialises the same way)."""
+    insert it allows run one tenant's upload at a time. SQLite (the one-command default) has no
+    row locks and ignores it; there the race stays, narrowed to its single writer."""
     return session.scalar(
         select(Tenant)
         .where(Tenant.id == tenant_id)

@@ -44,14 +44,10 @@ def _due(sessions: sessionmaker[Session], settings: Settings, now: datetime) -> 
         due: list[str] = []
         for tenant, days in overrides.items():
             cutoff = now - timedelta(days=days)
-            due += [
-                j
-                for j, _ in repository.due_to_expire(s, finished_before=cutoff, tenant_ids=[tenant])
-            ]
+            due += repository.due_to_expire(s, finished_before=cutoff, tenant_ids=[tenant])
         if settings.retention_days is not None:
             cutoff = now - timedelta(days=settings.retention_days)
-            rows = repository.due_to_expire(s, finished_before=cutoff, other_than=list(overrides))
-            due += [j for j, _ in rows]
+            due += repository.due_to_expire(s, finished_before=cutoff, other_than=list(overrides))
     return due
 
 

@@ -186,10 +186,11 @@ def due_to_expire(
     tenant_ids: Sequence[str] | None = None,
     other_than: Sequence[str] = (),
     limit: int = 500,
-) -> Sequence[tuple[str, str]]:
-    """(job id, tenant id) of finished jobs that ended before the cutoff and still hold their
-    artifacts: of `tenant_ids` only, or of every tenant but `other_than`. Oldest first."""
-    query = select(Job.id, Job.tenant_id).where(
+) -> Sequence[str]:
+    """Ids of finished jobs that ended before the cutoff and still hold their artifacts: of
+    `tenant_ids` only, or of every tenant but `other_than`. Oldest first, at most `limit` (the
+    next sweep takes the rest)."""
+    query = select(Job.id).where(
         Job.status.in_([JobStatus.succeeded, JobStatus.failed, JobStatus.cancelled]),
         Job.finished_at < finished_before,
         Job.artifacts_expired_at.is_(None),
@@ -198,8 +199,7 @@ def due_to_expire(
         query = query.where(Job.tenant_id.in_(tenant_ids))
     if other_than:
         query = query.where(Job.tenant_id.not_in(other_than))
-    rows = session.execute(query.order_by(Job.finished_at).limit(limit)).all()
-    return [(r[0], r[1]) for r in rows]
+    return session.scalars(query.order_by(Job.finished_at).limit(limit)).all()
 
 
 def mark_expired(session: Session, job_id: str, *, at: datetime) -> None:

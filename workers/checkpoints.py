@@ -1,55 +1,17 @@
 """A job's checkpoints live in storage, so any worker can resume the job: restored into the
 run's scratch folder before the engine starts, mirrored back after every save, and trimmed to
-what a later `init_from` reads once the job has ended."""
+what a later `init_from` reads once the job has ended (workers/retention.py, torch-free)."""
 
 from __future__ import annotations
 
-import logging
 from pathlib import Path
 
-from sqlalchemy.orm import Session, sessionmaker
-
-from app.jobs import repository
 from app.keys import checkpoint_prefix
 from app.storage import Storage, StoredObject, download_prefix
 from workers.distill.checkpoint import checkpoint_dir
+from workers.retention import stored_bytes, trim_finished
 
 __all__ = ["CheckpointMirror", "checkpoint_prefix", "trim_finished"]
-
-log = logging.getLogger(__name__)
-
-# A checkpoint saved before the student existed cannot seed another job (app/jobs/service.py
-# refuses it as init_from), so nothing of such a job's folder is worth keeping.
-NO_STUDENT_STAGES = (None, "preparing", "teacher_finetune")
-
-
-def stored_bytes(storage: Storage, prefix: str) -> int:
-    return sum(o.size_bytes for o in storage.list(prefix))
-
-
-def trim_finished(sessions: sessionmaker[Session], storage: Storage, job_id: str) -> int:
-    """Once a job has ended: keep only its last checkpoint file (what `init_from` reads: the
-    student, its optimizer state), drop the rest of its work folder in storage (the fine-tuned
-    teacher, older files), and record the bytes left. Returns them. Never fails the job: a
-    failure here leaves more bytes than needed, counted, for retention or a delete."""
-    try:
-        with sessions() as s:
-            job = repository.get_by_id(s, job_id)
-            saved = repository.checkpoints(s, job_id=job_id)
-            if job is None:
-                return 0
-            prefix = checkpoint_prefix(job.tenant_id, job.id)
-        last = saved[-1] if saved and saved[-1].stage not in NO_STUDENT_STAGES else None
-        for obj in storage.list(prefix):
-            if last is None or obj.key != last.path:
-                storage.delete(obj.key)
-        left = stored_bytes(storage, prefix)
-        with sessions.begin() as s:
-            repository.set_stored_bytes(s, job_id, left)
-        return left
-    except Exception:
-        log.warning("job %s: could not trim its work folder", job_id, exc_info=True)
-        return -1
 
 
 class CheckpointMirror:

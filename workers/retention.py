@@ -1,5 +1,9 @@
-"""The retention sweep: finished jobs past their tenant's retention lose their artifacts and
-checkpoints (the row stays, marked `artifacts_expired_at`; downloads then answer 410
+"""What a finished job keeps, and for how long.
+
+When a job ends its work folder in storage is trimmed to what a later `init_from` reads
+(`trim_finished`: the runner calls it; the sweep catches jobs that ended without their
+worker). The retention sweep expires finished jobs past their tenant's retention: artifacts
+and checkpoints go, the row stays marked `artifacts_expired_at` (downloads then answer 410
 artifact_expired), and this machine's scratch folder loses what no job needs any more.
 Runs on Celery beat beside the reaper; no torch."""
 
@@ -17,13 +21,47 @@ from app.base import utcnow
 from app.config import Settings, get_settings
 from app.db import session_factory
 from app.jobs import repository
-from app.keys import job_prefix
+from app.keys import checkpoint_prefix, job_prefix
 from app.storage import Storage, get_storage
 from app.tables import UploadedModel
 from contract.vocab import TERMINAL
 from workers import scratch
 
 log = logging.getLogger(__name__)
+
+
+# A checkpoint saved before the student existed cannot seed another job (app/jobs/service.py
+# refuses it as init_from), so nothing of such a job's folder is worth keeping.
+NO_STUDENT_STAGES = (None, "preparing", "teacher_finetune")
+
+
+def stored_bytes(storage: Storage, prefix: str) -> int:
+    return sum(o.size_bytes for o in storage.list(prefix))
+
+
+def trim_finished(sessions: sessionmaker[Session], storage: Storage, job_id: str) -> int:
+    """Once a job has ended: keep only its last checkpoint file (what `init_from` reads: the
+    student, its optimizer state), drop the rest of its work folder in storage (the fine-tuned
+    teacher, older files), and record the bytes left. Returns them. Never fails the job: a
+    failure here leaves more bytes than needed, counted, for retention or a delete."""
+    try:
+        with sessions() as s:
+            job = repository.get_by_id(s, job_id)
+            saved = repository.checkpoints(s, job_id=job_id)
+            if job is None:
+                return 0
+            prefix = checkpoint_prefix(job.tenant_id, job.id)
+        last = saved[-1] if saved and saved[-1].stage not in NO_STUDENT_STAGES else None
+        for obj in storage.list(prefix):
+            if last is None or obj.key != last.path:
+                storage.delete(obj.key)
+        left = stored_bytes(storage, prefix)
+        with sessions.begin() as s:
+            repository.set_stored_bytes(s, job_id, left)
+        return left
+    except Exception:
+        log.warning("job %s: could not trim its work folder", job_id, exc_info=True)
+        return -1
 
 
 def sweep(settings: Settings | None = None, *, now: datetime | None = None) -> list[str]:
@@ -34,6 +72,10 @@ def sweep(settings: Settings | None = None, *, now: datetime | None = None) -> l
     expired = [job for job in _due(sessions, settings, now) if _expire(sessions, storage, job, now)]
     if expired:
         log.info("retention: expired the artifacts of %s", expired)
+    with sessions() as s:
+        leftover = repository.untrimmed(s)
+    for job_id in leftover:  # ended without their worker: the reaper failed them
+        trim_finished(sessions, storage, job_id)
     prune_scratch(sessions, settings)
     return expired
 

@@ -202,6 +202,26 @@ def due_to_expire(
     return session.scalars(query.order_by(Job.finished_at).limit(limit)).all()
 
 
+def untrimmed(session: Session, *, limit: int = 100) -> Sequence[str]:
+    """Ended jobs that hold more in storage than their last checkpoint: the ones the reaper
+    failed (their worker was gone, so nobody trimmed the work folder) or a trim that failed.
+    A trimmed job holds exactly its last checkpoint's bytes, or none."""
+    last_size = (
+        select(JobCheckpoint.size_bytes)
+        .where(JobCheckpoint.job_id == Job.id)
+        .order_by(JobCheckpoint.id.desc())
+        .limit(1)
+        .correlate(Job)
+        .scalar_subquery()
+    )
+    query = select(Job.id).where(
+        Job.status.in_([JobStatus.succeeded, JobStatus.failed, JobStatus.cancelled]),
+        Job.artifacts_expired_at.is_(None),
+        Job.stored_bytes > func.coalesce(last_size, 0),
+    )
+    return session.scalars(query.order_by(Job.finished_at).limit(limit)).all()
+
+
 def mark_expired(session: Session, job_id: str, *, at: datetime) -> None:
     session.execute(
         update(Job)

@@ -179,3 +179,31 @@ def test_prune_scratch_removes_what_no_job_needs(tenantry: Tenantry) -> None:
     assert set(stale) <= set(removed)
     assert all(not f.exists() for f in stale)
     assert all(f.exists() for f in needed)
+
+
+def test_the_sweep_trims_a_job_that_ended_without_its_worker(tenantry: Tenantry) -> None:
+    """The reaper fails a job whose worker vanished: nobody trimmed its work folder then."""
+    from app.jobs.models import JobCheckpoint
+
+    job = tenantry.job(ended_days_ago=0)
+    prefix = checkpoint_prefix(tenantry.tenant, job)
+    get_storage().put(f"{prefix}/last.pt", io.BytesIO(b"c" * 300))
+    get_storage().put(f"{prefix}/teacher-finetuned/model.safetensors", io.BytesIO(b"t" * 500))
+    with session_factory().begin() as s:
+        s.add(
+            JobCheckpoint(
+                job_id=job,
+                tenant_id=tenantry.tenant,
+                step=3,
+                stage="distill",
+                size_bytes=300,
+                path=f"{prefix}/last.pt",
+                losses={},
+            )
+        )
+        row = s.get_one(Job, job)
+        row.status, row.stored_bytes = "failed", 800
+    assert job not in sweep(get_settings())  # not expired: trimmed
+    assert [o.key for o in get_storage().list(prefix)] == [f"{prefix}/last.pt"]
+    with session_factory()() as s:
+        assert s.get_one(Job, job).stored_bytes == 300

@@ -100,6 +100,11 @@ class Settings(BaseSettings):
     # Per-tenant defaults; a tenant row may set its own.
     max_active_jobs_per_tenant: int = Field(default=100, gt=0)
     max_stored_bytes_per_tenant: int = Field(default=50 * 1024**3, gt=0)
+    # Days a finished job keeps its artifacts and checkpoints; None: for ever. A tenant row may
+    # set its own (distillery-admin tenants set-limits --retention-days).
+    retention_days: int | None = Field(default=None, ge=1)
+    # How often the retention sweep runs (Celery beat, beside the reaper).
+    retention_interval_seconds: float = Field(default=3600.0, gt=0)
 
 
 @lru_cache(maxsize=1)

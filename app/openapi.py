@@ -41,6 +41,31 @@ CATALOGUE: dict[str, ErrorExample] = {
     "job_not_found": ErrorExample(404, "no job 'job_…'"),
     "artifact_not_found": ErrorExample(404, "job 'job_…' has no artifact 'student.zip'"),
     "job_not_cancellable": ErrorExample(409, "job 'job_…' already succeeded"),
+    "job_active": ErrorExample(
+        409,
+        "job 'job_…' is running; cancel it first (POST /v1/jobs/job_…/cancel) and delete it "
+        "once it has ended",
+    ),
+    "job_in_use": ErrorExample(
+        409,
+        "the checkpoint of job 'job_…' is used by queued or running job(s) job_…; cancel them "
+        "or wait for them to end, then delete it",
+    ),
+    "dataset_in_use": ErrorExample(
+        409,
+        "dataset 'ds_…' is used by queued or running job(s) job_…; cancel them or wait for "
+        "them to end, then delete it",
+    ),
+    "model_in_use": ErrorExample(
+        409,
+        "model 'mdl_…' is used by queued or running job(s) job_…; cancel them or wait for "
+        "them to end, then delete it",
+    ),
+    "model_not_deletable": ErrorExample(
+        409,
+        "'all-MiniLM-L6-v2' is a catalog model, shared by every tenant; only uploaded models "
+        "(mdl_…) can be deleted",
+    ),
     "idempotency_key_reused": ErrorExample(
         409, "this Idempotency-Key was used with a different request", "Idempotency-Key"
     ),
@@ -52,12 +77,18 @@ CATALOGUE: dict[str, ErrorExample] = {
     "artifact_missing": ErrorExample(
         410, "artifact 'student.zip' is recorded but its file is gone from storage"
     ),
+    "artifact_expired": ErrorExample(
+        410,
+        "the artifacts of job 'job_…' expired on 2026-12-01T00:00:00+00:00 under the tenant's "
+        "retention",
+    ),
     "file_too_large": ErrorExample(413, "the file is larger than the 209715200 byte limit", "file"),
     "body_too_large": ErrorExample(413, "the request body is larger than the 1048576 byte limit"),
     "storage_quota_exceeded": ErrorExample(
         413,
-        "this upload (1048576 bytes) would take the tenant's storage to 53687091201 bytes, over "
-        "its 53687091200 byte quota; delete something or ask for a larger quota",
+        "this upload (1048576 bytes as stored) would take the tenant's storage to 53687091201 "
+        "bytes, over its 53687091200 byte quota; free space with DELETE /v1/datasets/{id}, "
+        "DELETE /v1/models/{id} or DELETE /v1/jobs/{id}, or ask for a larger quota",
     ),
     "range_not_satisfiable": ErrorExample(
         416, "the requested range is outside the artifact's 1048576 bytes"

@@ -20,7 +20,7 @@ from pydantic import BaseModel
 from sqlalchemy.orm import Session
 
 from app import idempotency
-from app.auth.service import check_storage_quota, upload_limit
+from app.auth.service import upload_limit
 from app.config import get_settings
 from app.errors import AppError
 
@@ -110,9 +110,10 @@ async def handle_upload(
     max_bytes: int,
     create: Callable[[SpooledUpload], BaseModel],
 ) -> Any:
-    """Spool under the tenant's cap, replay an idempotent retry, check the storage quota,
-    create (validating everything), store the response for the key, then commit: on one
-    worker thread (the multipart body is already parsed into `file`), the loop only waits."""
+    """Spool under the tenant's cap, replay an idempotent retry, create (validating everything;
+    `create` checks the storage quota against the bytes it will store, in this transaction),
+    store the response for the key, then commit: on one worker thread (the multipart body is
+    already parsed into `file`), the loop only waits."""
     return await anyio.to_thread.run_sync(
         partial(
             _handle_upload,
@@ -156,9 +157,6 @@ def _handle_upload(
             )
         ):
             return JSONResponse(replay.body, status_code=replay.status_code)
-        check_storage_quota(
-            session, settings=settings, tenant_id=tenant, incoming_bytes=upload.size_bytes
-        )
         public = create(upload)
     finally:
         upload.discard()

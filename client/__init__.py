@@ -12,6 +12,7 @@ from client.http import DEFAULT_BASE_URL, DistilleryClient
 from client.resources import (
     Artifact,
     Dataset,
+    Deleted,
     Event,
     Job,
     JobError,
@@ -28,6 +29,7 @@ __all__ = [
     "DEFAULT_BASE_URL",
     "Artifact",
     "Dataset",
+    "Deleted",
     "DistilleryClient",
     "DistilleryError",
     "Event",

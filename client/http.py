@@ -34,6 +34,7 @@ from client.resources import (
     TERMINAL_EVENTS,
     Artifact,
     Dataset,
+    Deleted,
     Event,
     Job,
     Metrics,
@@ -117,6 +118,12 @@ class DistilleryClient:
         """Pages, newest first, fetched lazily as the iteration follows next_cursor."""
         return self._pages("/v1/datasets", Page[Dataset], {"limit": limit}, after)
 
+    def delete_dataset(self, dataset_id: str) -> Deleted:
+        """Delete a dataset and its file; 409 dataset_in_use while a queued or running job reads
+        it (the message names the jobs)."""
+        self._delete(f"/v1/datasets/{_q(dataset_id)}")
+        return Deleted(id=dataset_id, object="dataset")
+
     def upload_model(
         self, path: str | os.PathLike[str], *, idempotency_key: str | None = None
     ) -> Model:
@@ -131,6 +138,12 @@ class DistilleryClient:
     def get_model(self, model_id: str) -> Model:
         # Catalog and hub-style ids ("org/name") keep their slash.
         return parse(Model, self._json("GET", f"/v1/models/{quote(model_id, safe='/')}"))
+
+    def delete_model(self, model_id: str) -> Deleted:
+        """Delete an uploaded model (mdl_…) and its files; 409 model_in_use while a queued or
+        running job reads it."""
+        self._delete(f"/v1/models/{quote(model_id, safe='/')}")
+        return Deleted(id=model_id, object="model")
 
     def list_models(self, *, limit: int = 20, after: str | None = None) -> Iterator[Page[Model]]:
         """Pages of uploads, newest first; the first page also carries the catalog."""
@@ -169,6 +182,12 @@ class DistilleryClient:
     def cancel_job(self, job_id: str) -> Job:
         """Queued jobs end at once, running ones within about a second; 409 once a job ended."""
         return parse(Job, self._json("POST", f"/v1/jobs/{_q(job_id)}/cancel"))
+
+    def delete_job(self, job_id: str) -> Deleted:
+        """Delete an ended job with its artifacts and checkpoints. A queued or running job
+        raises 409 job_active: cancel it, wait for it to end, then delete it."""
+        self._delete(f"/v1/jobs/{_q(job_id)}")
+        return Deleted(id=job_id, object="distillation.job")
 
     def events(
         self, job_id: str, *, after: int | None = None, limit: int | None = None
@@ -414,6 +433,27 @@ class DistilleryClient:
                 "unexpected_response",
                 f"{method} {path} answered {response.text[:200]!r}, not JSON",
             ) from exc
+
+    def _delete(self, path: str) -> None:
+        """One logical DELETE across its retries. An attempt whose answer was lost (the
+        connection broke after sending, or a gateway's 502-504) may have deleted the object:
+        a 404 after such an attempt means it is gone, which is what was asked."""
+        maybe_done = False
+
+        def attempt() -> None:
+            nonlocal maybe_done
+            try:
+                response = self.http.request("DELETE", path, headers=self._headers)
+            except httpx.TransportError as exc:
+                maybe_done = maybe_done or not isinstance(exc, httpx.ConnectError)
+                raise
+            if response.status_code == 404 and maybe_done:
+                return
+            if response.status_code >= 400:
+                maybe_done = maybe_done or response.status_code in (502, 503, 504)
+                raise DistilleryError.from_response(response)
+
+        self._with_retries(attempt)
 
     @contextmanager
     def _stream(

@@ -80,6 +80,9 @@ class Job(_Resource):
     created_at: datetime
     started_at: datetime | None = None
     finished_at: datetime | None = None
+    # When retention removes the artifacts and checkpoints (null: never, or not ended yet).
+    expires_at: datetime | None = None
+    artifacts_expired_at: datetime | None = None
 
     @property
     def ended(self) -> bool:
@@ -133,6 +136,14 @@ class Artifact(_Resource):
     size_bytes: int
     sha256: str
     created_at: datetime
+
+
+class Deleted(_Resource):
+    """What a delete answers on this side (the server's answer is an empty 204)."""
+
+    id: str
+    object: str  # "dataset", "model" or "distillation.job"
+    deleted: Literal[True] = True
 
 
 T = TypeVar("T", bound=BaseModel)

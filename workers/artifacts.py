@@ -10,6 +10,7 @@ from pathlib import Path
 from sqlalchemy.orm import Session
 
 from app.artifacts import repository as artifacts_repository
+from app.keys import artifact_key
 from app.storage import Storage, StoredObject
 from app.tables import Artifact
 from workers.distill.trainer import RunResult
@@ -25,10 +26,6 @@ CONTENT_TYPES = {
 class Uploaded:
     name: str
     stored: StoredObject
-
-
-def artifact_key(tenant_id: str, job_id: str, name: str) -> str:
-    return f"tenants/{tenant_id}/jobs/{job_id}/artifacts/{name}"
 
 
 def upload(

@@ -8,6 +8,7 @@ from app.config import get_settings
 from app.queue import RUN_JOB_TASK, WEBHOOK_TASK
 
 REAP_TASK = "distillery.reap_stale_jobs"
+RETENTION_TASK = "distillery.expire_artifacts"
 settings = get_settings()
 
 app = Celery("distillery", broker=settings.broker_url, include=["workers.tasks"])
@@ -24,6 +25,7 @@ app.conf.update(
         RUN_JOB_TASK: {"queue": settings.queue_name},
         WEBHOOK_TASK: {"queue": settings.webhook_queue_name},
         REAP_TASK: {"queue": settings.reaper_queue_name},
+        RETENTION_TASK: {"queue": settings.reaper_queue_name},  # the reaper's: no torch
     },
     task_time_limit=settings.task_time_limit_seconds,
     broker_connection_retry_on_startup=True,
@@ -40,6 +42,14 @@ app.conf.beat_schedule = {
         "options": {
             "queue": settings.reaper_queue_name,
             "expires": settings.reaper_interval_seconds,
+        },
+    },
+    "expire-artifacts": {
+        "task": RETENTION_TASK,
+        "schedule": settings.retention_interval_seconds,
+        "options": {
+            "queue": settings.reaper_queue_name,
+            "expires": settings.retention_interval_seconds,
         },
     },
 }

@@ -1,16 +1,17 @@
 """A job's checkpoints live in storage, so any worker can resume the job: restored into the
-run's scratch folder before the engine starts, mirrored back after every save."""
+run's scratch folder before the engine starts, mirrored back after every save, and trimmed to
+what a later `init_from` reads once the job has ended (workers/retention.py, torch-free)."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
+from app.keys import checkpoint_prefix
 from app.storage import Storage, StoredObject, download_prefix
 from workers.distill.checkpoint import checkpoint_dir
+from workers.retention import stored_bytes, trim_finished
 
-
-def checkpoint_prefix(tenant_id: str, job_id: str) -> str:
-    return f"tenants/{tenant_id}/jobs/{job_id}/checkpoints"
+__all__ = ["CheckpointMirror", "checkpoint_prefix", "trim_finished"]
 
 
 class CheckpointMirror:
@@ -27,6 +28,10 @@ class CheckpointMirror:
         """What the job's last run saved, where the engine looks for it (nothing: a fresh start)."""
         for path in download_prefix(self.storage, self.prefix, self.folder):
             self._sent[path] = _signature(path)
+
+    def stored_bytes(self) -> int:
+        """Everything under the prefix: what the tenant's quota counts for this job."""
+        return stored_bytes(self.storage, self.prefix)
 
     def push(self, saved: Path) -> StoredObject:
         """Send what changed in the folder, the checkpoint the engine just wrote (`saved`) last:

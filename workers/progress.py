@@ -158,10 +158,12 @@ class JobCallbacks:
         self.flush()
         data = dict(e.data)
         checkpoint: dict[str, Any] | None = None
+        held = 0
         if e.type == "checkpoint_saved" and self.checkpoints is not None:
             self.check_owner()  # a stale owner must not overwrite the new owner's checkpoint
             stored = self.checkpoints.push(Path(data["path"]))
             data["path"] = stored.key  # the worker's scratch path means nothing to a reader
+            held = self.checkpoints.stored_bytes()  # one listing per save: a few files
             checkpoint = {
                 "job_id": self.job_id,
                 "tenant_id": self.tenant_id,
@@ -187,6 +189,7 @@ class JobCallbacks:
                 self._update(s, stage=stage)
             if checkpoint is not None:  # a new row per try, as in flush
                 repository.add_checkpoint(s, JobCheckpoint(**checkpoint))
+                self._update(s, stored_bytes=held)
 
         self._write(write)
         if stage:

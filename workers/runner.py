@@ -23,7 +23,7 @@ from app.storage import Storage, get_storage
 from app.tables import Job
 from contract.config import DistillConfig
 from workers import artifacts, scratch
-from workers.checkpoints import CheckpointMirror, checkpoint_prefix
+from workers.checkpoints import CheckpointMirror, checkpoint_prefix, trim_finished
 from workers.claim import claim, fair_choice, is_running_elsewhere, worker_identity
 from workers.distill.trainer import Stopped, run
 from workers.failures import failure
@@ -65,6 +65,7 @@ def run_job(
         ended = _train(job, callbacks, checkpoints, storage=storage, folder=folder)
     if ended:
         scratch.forget_job(settings, job.id)
+        trim_finished(sessions, storage, job.id)  # all but what a later init_from reads
     return "ran"
 
 

@@ -10,7 +10,7 @@ from celery import Task, signals
 
 from app.config import get_settings
 from app.queue import RUN_JOB_TASK, WEBHOOK_TASK
-from workers.celery_app import REAP_TASK, app
+from workers.celery_app import REAP_TASK, RETENTION_TASK, app
 
 if TYPE_CHECKING:
     from workers.webhooks import Retry
@@ -93,3 +93,10 @@ def reap_stale_jobs() -> list[str]:
     for retry in sweep():
         ring(retry)
     return acted_on
+
+
+@app.task(name=RETENTION_TASK)  # type: ignore[untyped-decorator]
+def expire_artifacts() -> list[str]:
+    from workers.retention import sweep as expire
+
+    return expire()

@@ -21,6 +21,7 @@ from app.db import session_factory
 app = typer.Typer(no_args_is_help=True, help="Show a tenant's limits and usage; set its limits.")
 
 DEFAULT = "default"
+_COUNTS = ("max_active_jobs", "retention_days")  # whole numbers, never sizes with a unit
 _SIZE = re.compile(r"^(\d+)\s*([kmgt]i?b|b)?$", re.IGNORECASE)
 _UNITS = {"b": 1, "kb": 10**3, "mb": 10**6, "gb": 10**9, "tb": 10**12}
 _UNITS |= {"kib": 2**10, "mib": 2**20, "gib": 2**30, "tib": 2**40}
@@ -56,7 +57,14 @@ def set_limits(
         _limit_option("Largest upload, e.g. 500MB or 2GiB; only lowers the service's caps", "SIZE"),
     ] = None,
     max_stored_bytes: Annotated[
-        str | None, _limit_option("Datasets, models and artifacts together, e.g. 50GB", "SIZE")
+        str | None,
+        _limit_option(
+            "Datasets, unpacked models, checkpoints and artifacts together, e.g. 50GB", "SIZE"
+        ),
+    ] = None,
+    retention_days: Annotated[
+        str | None,
+        _limit_option("Days a finished job keeps its artifacts and checkpoints", "DAYS"),
     ] = None,
     as_json: JsonOpt = False,
 ) -> None:
@@ -65,6 +73,7 @@ def set_limits(
         "max_active_jobs": max_active_jobs,
         "max_upload_bytes": max_upload_bytes,
         "max_stored_bytes": max_stored_bytes,
+        "retention_days": retention_days,
     }
     limits = {name: _parse_limit(name, value) for name, value in given.items() if value is not None}
     if not limits:
@@ -81,9 +90,10 @@ def _parse_limit(name: LimitName, value: str) -> int | None:
     if value.strip().lower() == DEFAULT:
         return None
     match = _SIZE.match(value.strip())
-    if match is None or (name == "max_active_jobs" and match.group(2)):
+    count = name in _COUNTS
+    if match is None or (count and match.group(2)):
         raise typer.BadParameter(
-            f"{value!r} is not a whole number{'' if name == 'max_active_jobs' else ' of bytes'}",
+            f"{value!r} is not a whole number{'' if count else ' of bytes'}",
             param_hint=f"--{name.replace('_', '-')}",
         )
     return int(match.group(1)) * _UNITS[(match.group(2) or "b").lower()]
@@ -107,15 +117,24 @@ def _print(report: TenantReport, as_json: bool) -> None:
     )
     grid.add_row(
         "stored",
-        f"{decimal(report.stored_bytes)} of {decimal(in_force['max_stored_bytes'])}"
+        f"{decimal(report.stored_bytes)} of {_size(in_force['max_stored_bytes'])}"
         f"{_source(own['max_stored_bytes'])}",
     )
     grid.add_row(
         "upload cap",
-        f"datasets {decimal(in_force['max_dataset_upload_bytes'])}, "
-        f"models {decimal(in_force['max_model_upload_bytes'])}{_source(own['max_upload_bytes'])}",
+        f"datasets {_size(in_force['max_dataset_upload_bytes'])}, "
+        f"models {_size(in_force['max_model_upload_bytes'])}{_source(own['max_upload_bytes'])}",
+    )
+    days = in_force["retention_days"]
+    grid.add_row(
+        "retention",
+        f"{'for ever' if days is None else f'{days} days'}{_source(own['retention_days'])}",
     )
     Console().print(grid)
+
+
+def _size(value: int | None) -> str:
+    return "none" if value is None else decimal(value)
 
 
 def _source(own: int | None) -> str:

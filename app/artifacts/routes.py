@@ -33,6 +33,7 @@ def list_artifacts(job_id: str, session: SessionDep, tenant: TenantDep) -> list[
             "job_not_found",
             "artifact_not_found",
             "artifact_missing",
+            "artifact_expired",
             "range_not_satisfiable",
             "invalid_request",
             "too_many_streams",

@@ -18,7 +18,15 @@ def list_artifacts(session: Session, *, tenant_id: str, job_id: str) -> Sequence
 
 
 def get_artifact(session: Session, *, tenant_id: str, job_id: str, name: str) -> Artifact:
-    get_job(session, tenant_id=tenant_id, job_id=job_id)
+    job = get_job(session, tenant_id=tenant_id, job_id=job_id)
+    if job.artifacts_expired_at is not None:
+        raise AppError(
+            "artifact_expired",
+            f"the artifacts of job '{job_id}' expired on "
+            f"{job.artifacts_expired_at.isoformat(timespec='seconds')} under the tenant's "
+            "retention",
+            410,
+        )
     artifact = repository.get(session, tenant_id=tenant_id, job_id=job_id, name=name)
     if artifact is None:
         raise AppError("artifact_not_found", f"job '{job_id}' has no artifact '{name}'", 404)

@@ -19,6 +19,8 @@ class Tenant(Base):
     max_active_jobs: Mapped[int | None] = mapped_column(Integer)
     max_upload_bytes: Mapped[int | None] = mapped_column(BigInteger)
     max_stored_bytes: Mapped[int | None] = mapped_column(BigInteger)
+    # Days a finished job keeps its artifacts and checkpoints (None: Settings.retention_days).
+    retention_days: Mapped[int | None] = mapped_column(Integer)
 
 
 class ApiKey(Base):

@@ -103,23 +103,42 @@ def storage_quota(tenant: Tenant | None, settings: Settings) -> int:
     return settings.max_stored_bytes_per_tenant
 
 
+def retention_days(tenant: Tenant | None, settings: Settings) -> int | None:
+    """Days a finished job keeps its artifacts and checkpoints; None: for ever."""
+    if tenant and tenant.retention_days:
+        return tenant.retention_days
+    return settings.retention_days
+
+
+def retention_for(session: Session, *, settings: Settings, tenant_id: str) -> int | None:
+    return retention_days(repository.get_tenant(session, tenant_id), settings)
+
+
 def active_jobs_limit(tenant: Tenant | None, settings: Settings) -> int:
     if tenant and tenant.max_active_jobs:
         return tenant.max_active_jobs
     return settings.max_active_jobs_per_tenant
 
 
+QUOTA_HINT = (
+    "free space with DELETE /v1/datasets/{id}, DELETE /v1/models/{id} or DELETE /v1/jobs/{id}, "
+    "or ask for a larger quota"
+)
+
+
 def check_storage_quota(
     session: Session, *, settings: Settings, tenant_id: str, incoming_bytes: int
 ) -> None:
-    quota = storage_quota(repository.get_tenant(session, tenant_id), settings)
+    """413 when `incoming_bytes` more would take the tenant over its quota. Locks the tenant
+    row until the caller's transaction ends, so call it in the transaction that records the
+    bytes: two uploads can no longer both pass the check and then both insert."""
+    quota = storage_quota(repository.lock_tenant(session, tenant_id), settings)
     used = repository.stored_bytes(session, tenant_id)
     if used + incoming_bytes > quota:
         raise AppError(
             "storage_quota_exceeded",
-            f"this upload ({incoming_bytes} bytes) would "
-            f"take the tenant's storage to {used + incoming_bytes} bytes, over its "
-            f"{quota} byte quota; delete something or ask for a larger quota",
+            f"this upload ({incoming_bytes} bytes as stored) would take the tenant's storage "
+            f"to {used + incoming_bytes} bytes, over its {quota} byte quota; {QUOTA_HINT}",
             413,
         )
 
@@ -139,7 +158,7 @@ def check_job_quota(session: Session, *, settings: Settings, tenant_id: str) -> 
 
 # --- tenant limits, set by operators (distillery-admin tenants) ---
 
-LimitName = Literal["max_active_jobs", "max_upload_bytes", "max_stored_bytes"]
+LimitName = Literal["max_active_jobs", "max_upload_bytes", "max_stored_bytes", "retention_days"]
 LIMIT_NAMES: tuple[LimitName, ...] = get_args(LimitName)
 
 
@@ -150,7 +169,7 @@ class TenantReport:
     tenant: str
     created_at: datetime
     own: dict[LimitName, int | None]
-    in_force: dict[str, int]
+    in_force: dict[str, int | None]
     active_jobs: int
     stored_bytes: int
     active_keys: int
@@ -189,6 +208,7 @@ def describe_tenant(session: Session, *, settings: Settings, tenant_id: str) -> 
             "max_stored_bytes": storage_quota(tenant, settings),
             "max_dataset_upload_bytes": upload_cap(tenant, settings.max_dataset_bytes),
             "max_model_upload_bytes": upload_cap(tenant, settings.max_model_bytes),
+            "retention_days": retention_days(tenant, settings),
         },
         active_jobs=repository.active_jobs(session, tenant.id),
         stored_bytes=repository.stored_bytes(session, tenant.id),

@@ -21,5 +21,8 @@ class Dataset(Base):
     has_text_pair: Mapped[bool]
     sha256: Mapped[str] = mapped_column(String(64))
     size_bytes: Mapped[int] = mapped_column(BigInteger)
+    # What storage holds (the canonical JSONL as stored), which the quota counts; size_bytes is
+    # the upload's own size.
+    stored_bytes: Mapped[int] = mapped_column(BigInteger, default=0, server_default="0")
     storage_key: Mapped[str] = mapped_column(String(255))
     created_at: Mapped[datetime] = mapped_column(default=utcnow, index=True)

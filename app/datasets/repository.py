@@ -6,6 +6,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from app.datasets.models import Dataset
+from app.locks import RowLock, locked
 
 
 def add(session: Session, dataset: Dataset) -> Dataset:
@@ -14,10 +15,16 @@ def add(session: Session, dataset: Dataset) -> Dataset:
     return dataset
 
 
-def get(session: Session, *, tenant_id: str, dataset_id: str) -> Dataset | None:
-    return session.scalar(
-        select(Dataset).where(Dataset.id == dataset_id, Dataset.tenant_id == tenant_id)
-    )
+def get(
+    session: Session, *, tenant_id: str, dataset_id: str, lock: RowLock = None
+) -> Dataset | None:
+    query = select(Dataset).where(Dataset.id == dataset_id, Dataset.tenant_id == tenant_id)
+    return session.scalar(locked(query, lock))
+
+
+def delete(session: Session, dataset: Dataset) -> None:
+    session.delete(dataset)
+    session.flush()
 
 
 def page(session: Session, *, tenant_id: str, limit: int, after: str | None) -> Sequence[Dataset]:

@@ -2,12 +2,13 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from fastapi import APIRouter, File, UploadFile, status
+import anyio
+from fastapi import APIRouter, File, Response, UploadFile, status
 
 from app.config import get_settings
 from app.datasets import service
 from app.datasets.schemas import DatasetPublic
-from app.deps import IdempotencyKeyHeader, SessionDep, TenantDep
+from app.deps import IdempotencyKeyHeader, SessionDep, TenantDbDep, TenantDep
 from app.openapi import errors
 from app.pagination import AfterQuery, LimitQuery, Page
 from app.storage import get_storage
@@ -47,7 +48,13 @@ async def upload_dataset(
         endpoint="POST /v1/datasets",
         max_bytes=get_settings().max_dataset_bytes,
         create=lambda upload: DatasetPublic.model_validate(
-            service.create_dataset(session, storage=get_storage(), tenant_id=tenant, upload=upload)
+            service.create_dataset(
+                session,
+                storage=get_storage(),
+                settings=get_settings(),
+                tenant_id=tenant,
+                upload=upload,
+            )
         ),
     )
 
@@ -70,3 +77,17 @@ def get_dataset(dataset_id: str, session: SessionDep, tenant: TenantDep) -> Data
     return DatasetPublic.model_validate(
         service.get_dataset(session, tenant_id=tenant, dataset_id=dataset_id)
     )
+
+
+@router.delete(
+    "/{dataset_id}",
+    status_code=status.HTTP_204_NO_CONTENT,
+    response_class=Response,
+    responses=errors("dataset_not_found", "dataset_in_use"),
+)
+async def delete_dataset(dataset_id: str, db: TenantDbDep) -> Response:
+    """Delete the dataset and its stored file. 409 `dataset_in_use` while a queued or running
+    job reads it; finished jobs keep naming it."""
+    removal = await db.run(service.delete_dataset, dataset_id=dataset_id)
+    await anyio.to_thread.run_sync(removal.apply, get_storage())  # after the commit
+    return Response(status_code=status.HTTP_204_NO_CONTENT)

@@ -23,8 +23,10 @@ class Job(Base):
     total_steps: Mapped[int] = mapped_column(Integer, default=0)
     teacher: Mapped[str] = mapped_column(String(255))
     teacher_source: Mapped[str] = mapped_column(String(16))
-    dataset_id: Mapped[str] = mapped_column(ForeignKey("datasets.id"))
-    validation_dataset_id: Mapped[str | None] = mapped_column(ForeignKey("datasets.id"))
+    # Plain ids, no foreign keys: a finished job keeps naming a dataset that was deleted since
+    # (its history); a queued or running one keeps it from being deleted (app/deletion.py).
+    dataset_id: Mapped[str] = mapped_column(String(40))
+    validation_dataset_id: Mapped[str | None] = mapped_column(String(40))
     # The resolved, frozen DistillConfig as JSON: defaults filled, reproducible from the row.
     config: Mapped[dict[str, Any]]
     metrics: Mapped[dict[str, Any] | None]
@@ -45,6 +47,11 @@ class Job(Base):
     created_at: Mapped[datetime] = mapped_column(default=utcnow, index=True)
     started_at: Mapped[datetime | None]
     finished_at: Mapped[datetime | None]
+    # Bytes under the job's checkpoints prefix in storage (artifacts count in their own rows);
+    # the tenant's storage quota adds it up.
+    stored_bytes: Mapped[int] = mapped_column(BigInteger, default=0, server_default="0")
+    # Set by the retention sweep once the artifacts and checkpoints are gone; the row stays.
+    artifacts_expired_at: Mapped[datetime | None]
 
 
 class JobEvent(Base):

@@ -4,11 +4,13 @@ from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import func, select, update
+from sqlalchemy import delete, func, select, update
 from sqlalchemy.orm import Session, aliased
 
+from app.artifacts.models import Artifact
 from app.base import utcnow
 from app.jobs.models import Job, JobCheckpoint, JobEvent, JobMetric, WebhookDelivery
+from app.locks import RowLock, locked
 from contract.vocab import JobStatus
 
 
@@ -18,13 +20,45 @@ def add(session: Session, job: Job) -> Job:
     return job
 
 
-def get(session: Session, *, tenant_id: str, job_id: str) -> Job | None:
-    return session.scalar(select(Job).where(Job.id == job_id, Job.tenant_id == tenant_id))
+def get(session: Session, *, tenant_id: str, job_id: str, lock: RowLock = None) -> Job | None:
+    query = select(Job).where(Job.id == job_id, Job.tenant_id == tenant_id)
+    if lock is not None:  # a locked read must see the row as it is now, not as first loaded
+        query = query.execution_options(populate_existing=True)
+    return session.scalar(locked(query, lock))
+
+
+def active(session: Session, *, tenant_id: str) -> Sequence[Job]:
+    """The tenant's queued and running jobs (at most its active-jobs limit, 100 by default)."""
+    return session.scalars(
+        select(Job).where(
+            Job.tenant_id == tenant_id, Job.status.in_([JobStatus.queued, JobStatus.running])
+        )
+    ).all()
+
+
+def delete_job(session: Session, job_id: str) -> None:
+    """The row and everything recorded about it. Postgres would cascade; SQLite enforces
+    foreign keys only when asked, so each table is named."""
+    for table in (JobEvent, JobMetric, JobCheckpoint, WebhookDelivery, Artifact):
+        session.execute(delete(table).where(table.job_id == job_id))
+    session.execute(
+        delete(Job).where(Job.id == job_id).execution_options(synchronize_session=False)
+    )
 
 
 def get_by_id(session: Session, job_id: str) -> Job | None:
     """Worker-side read: the task carries only the id."""
     return session.get(Job, job_id, populate_existing=True)
+
+
+def get_by_id_locked(session: Session, job_id: str) -> Job | None:
+    """Worker-side read that holds the row (FOR UPDATE) until the transaction ends."""
+    return session.scalar(
+        select(Job)
+        .where(Job.id == job_id)
+        .with_for_update()
+        .execution_options(populate_existing=True)
+    )
 
 
 def page(
@@ -143,6 +177,69 @@ def update_running(session: Session, job_id: str, *, owner: str, **values: Any) 
         .execution_options(synchronize_session=False)
     )
     return bool(result.rowcount)  # type: ignore[attr-defined]
+
+
+def due_to_expire(
+    session: Session,
+    *,
+    finished_before: datetime,
+    tenant_ids: Sequence[str] | None = None,
+    other_than: Sequence[str] = (),
+    limit: int = 500,
+) -> Sequence[str]:
+    """Ids of finished jobs that ended before the cutoff and still hold their artifacts: of
+    `tenant_ids` only, or of every tenant but `other_than`. Oldest first, at most `limit` (the
+    next sweep takes the rest)."""
+    query = select(Job.id).where(
+        Job.status.in_([JobStatus.succeeded, JobStatus.failed, JobStatus.cancelled]),
+        Job.finished_at < finished_before,
+        Job.artifacts_expired_at.is_(None),
+    )
+    if tenant_ids is not None:
+        query = query.where(Job.tenant_id.in_(tenant_ids))
+    if other_than:
+        query = query.where(Job.tenant_id.not_in(other_than))
+    return session.scalars(query.order_by(Job.finished_at).limit(limit)).all()
+
+
+def untrimmed(session: Session, *, limit: int = 100) -> Sequence[str]:
+    """Ended jobs that hold more in storage than their last checkpoint: the ones the reaper
+    failed (their worker was gone, so nobody trimmed the work folder) or a trim that failed.
+    A trimmed job holds exactly its last checkpoint's bytes, or none."""
+    last_size = (
+        select(JobCheckpoint.size_bytes)
+        .where(JobCheckpoint.job_id == Job.id)
+        .order_by(JobCheckpoint.id.desc())
+        .limit(1)
+        .correlate(Job)
+        .scalar_subquery()
+    )
+    query = select(Job.id).where(
+        Job.status.in_([JobStatus.succeeded, JobStatus.failed, JobStatus.cancelled]),
+        Job.artifacts_expired_at.is_(None),
+        Job.stored_bytes > func.coalesce(last_size, 0),
+    )
+    return session.scalars(query.order_by(Job.finished_at).limit(limit)).all()
+
+
+def mark_expired(session: Session, job_id: str, *, at: datetime) -> None:
+    session.execute(
+        update(Job)
+        .where(Job.id == job_id)
+        .values(artifacts_expired_at=at, stored_bytes=0)
+        .execution_options(synchronize_session=False)
+    )
+
+
+def set_stored_bytes(session: Session, job_id: str, stored_bytes: int) -> None:
+    """What storage holds under the job's checkpoints prefix, once a finished job's work folder
+    is trimmed or expired (a running job's goes with its progress, guarded by its owner)."""
+    session.execute(
+        update(Job)
+        .where(Job.id == job_id)
+        .values(stored_bytes=stored_bytes)
+        .execution_options(synchronize_session=False)
+    )
 
 
 def add_event(

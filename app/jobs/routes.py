@@ -3,12 +3,14 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Annotated, Any, get_args
 
+import anyio
 from fastapi import APIRouter, Header, Query, status
 from fastapi.responses import JSONResponse, Response
 from pydantic import BeforeValidator
 from sse_starlette.sse import EventSourceResponse
 
 from app import idempotency
+from app.auth.service import retention_for
 from app.config import get_settings
 from app.deps import IdempotencyKeyHeader, SessionDep, TenantDbDep, TenantDep
 from app.jobs import events, service
@@ -96,14 +98,36 @@ async def list_jobs(
 ) -> Response:
     """Jobs, newest first; `next_cursor` is stable while new jobs arrive."""
     page = await db.read(
-        service.list_jobs_page, limit=limit, after=after, status=status, created_after=created_after
+        service.list_jobs_page,
+        settings=get_settings(),
+        limit=limit,
+        after=after,
+        status=status,
+        created_after=created_after,
     )
     return json_response(page)
 
 
 @router.get("/{job_id}", response_model=JobPublic, responses=errors("job_not_found"))
 async def get_job(job_id: str, db: TenantDbDep) -> Response:
-    return json_response(await db.read(service.get_job_public, job_id=job_id))
+    return json_response(
+        await db.read(service.get_job_public, settings=get_settings(), job_id=job_id)
+    )
+
+
+@router.delete(
+    "/{job_id}",
+    status_code=status.HTTP_204_NO_CONTENT,
+    response_class=Response,
+    responses=errors("job_not_found", "job_active", "job_in_use"),
+)
+async def delete_job(job_id: str, db: TenantDbDep) -> Response:
+    """Delete a finished job: its rows, artifacts and checkpoints. A queued or running job
+    answers 409 `job_active` (cancel it first); a job whose checkpoint a queued or running job
+    starts from (`init_from`) answers 409 `job_in_use`."""
+    removal = await db.run(service.delete_job, job_id=job_id)
+    await anyio.to_thread.run_sync(removal.apply, get_storage())  # after the commit
+    return Response(status_code=status.HTTP_204_NO_CONTENT)
 
 
 @router.post(
@@ -119,7 +143,9 @@ def cancel_job(
 ) -> JobPublic:
     """Queued: cancelled at once. Running: stops within about a second, keeping its last checkpoint.
     Idempotent; a job that already succeeded or failed answers 409."""
-    return service.to_public(service.cancel_job(session, tenant_id=tenant, job_id=job_id))
+    job = service.cancel_job(session, tenant_id=tenant, job_id=job_id)
+    days = retention_for(session, settings=get_settings(), tenant_id=tenant)
+    return service.to_public(job, retention_days=days)
 
 
 @router.get(

@@ -100,6 +100,10 @@ class JobPublic(BaseModel):
     created_at: datetime
     started_at: datetime | None
     finished_at: datetime | None
+    # When the retention sweep removes a finished job's artifacts and checkpoints (the row
+    # stays); null while the job runs or when the tenant keeps them for ever.
+    expires_at: datetime | None = None
+    artifacts_expired_at: datetime | None = None
 
 
 class EventPublic(BaseModel):

@@ -4,20 +4,20 @@ from __future__ import annotations
 
 import base64
 import secrets
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any, NoReturn, cast
 
 from pydantic import ValidationError
 from sqlalchemy.orm import Session
 
 from app import idempotency, queue
-from app.auth.service import check_job_quota
+from app.auth.service import check_job_quota, retention_for
 from app.config import Settings
 from app.datasets.models import Dataset
 from app.datasets.service import get_dataset
 from app.errors import AppError, error_body, field_from_loc
 from app.ids import new_id
-from app.jobs import lifecycle, repository, webhook_targets
+from app.jobs import lifecycle, repository, usage, webhook_targets
 from app.jobs.models import Job
 from app.jobs.schemas import (
     CheckpointPublic,
@@ -29,12 +29,14 @@ from app.jobs.schemas import (
     StepMetrics,
     WebhookDeliveryPublic,
 )
+from app.keys import job_prefix
+from app.locks import RowLock
 from app.pagination import Page
-from app.storage import Storage
+from app.storage import Removal, Storage
 from app.teachers import catalog
 from app.teachers import repository as teachers_repository
 from contract.config import DistillConfig, StudentConfig
-from contract.vocab import JobStatus, JobStatusName, Task
+from contract.vocab import TERMINAL, JobStatus, JobStatusName, Task
 
 TASK_FOR_LABELS: dict[str, Task] = {
     "categorical": "classification",
@@ -54,7 +56,10 @@ def _teacher_source(
     """Where the teacher comes from, and its width when this side can know it (a hub
     model's is known only once a worker has loaded it)."""
     if teacher.startswith("mdl_"):
-        model = teachers_repository.get(session, tenant_id=tenant_id, model_id=teacher)
+        # shared lock: a delete of the model waits for this job's commit, then sees it
+        model = teachers_repository.get(
+            session, tenant_id=tenant_id, model_id=teacher, lock="share"
+        )
         if model is None:
             raise AppError(
                 "teacher_not_found", f"no uploaded model '{teacher}'", 404, field="teacher"
@@ -211,7 +216,9 @@ def _answer(
 def _new_job(session: Session, *, settings: Settings, tenant_id: str, request: JobCreate) -> Job:
     """The job row the request asks for, every reference checked; not yet added."""
     check_job_quota(session, settings=settings, tenant_id=tenant_id)
-    train = get_dataset(session, tenant_id=tenant_id, dataset_id=request.dataset, field="dataset")
+    train = get_dataset(
+        session, tenant_id=tenant_id, dataset_id=request.dataset, field="dataset", lock="share"
+    )
     validation = None
     if request.validation_dataset is not None:
         validation = get_dataset(
@@ -219,6 +226,7 @@ def _new_job(session: Session, *, settings: Settings, tenant_id: str, request: J
             tenant_id=tenant_id,
             dataset_id=request.validation_dataset,
             field="validation_dataset",
+            lock="share",
         )
     teacher_source, teacher_width = _teacher_source(
         session, settings=settings, tenant_id=tenant_id, teacher=request.teacher
@@ -273,9 +281,20 @@ def _init_from(session: Session, *, tenant_id: str, request: JobCreate) -> dict[
     if request.init_from is None:
         return None
     source = get_job(
-        session, tenant_id=tenant_id, job_id=request.init_from.job, field="init_from.job"
+        session,
+        tenant_id=tenant_id,
+        job_id=request.init_from.job,
+        field="init_from.job",
+        lock="share",
     )
     saved = repository.checkpoints(session, job_id=source.id)
+    if source.artifacts_expired_at is not None:
+        raise AppError(
+            "checkpoint_not_found",
+            f"job '{source.id}': its checkpoint expired under the tenant's retention",
+            422,
+            field="init_from.job",
+        )
     if not saved:
         raise AppError(
             "checkpoint_not_found",
@@ -326,20 +345,33 @@ def new_webhook_secret() -> str:
     return "whsec_" + base64.b64encode(secrets.token_bytes(32)).decode()
 
 
-def get_job(session: Session, *, tenant_id: str, job_id: str, field: str | None = None) -> Job:
-    job = repository.get(session, tenant_id=tenant_id, job_id=job_id)
+def get_job(
+    session: Session,
+    *,
+    tenant_id: str,
+    job_id: str,
+    field: str | None = None,
+    lock: RowLock = None,
+) -> Job:
+    job = repository.get(session, tenant_id=tenant_id, job_id=job_id, lock=lock)
     if job is None:
         raise AppError("job_not_found", f"no job '{job_id}'", 404, field=field)
     return job
 
 
-def get_job_public(session: Session, *, tenant_id: str, job_id: str) -> JobPublic:
-    return to_public(get_job(session, tenant_id=tenant_id, job_id=job_id))
+def get_job_public(
+    session: Session, *, settings: Settings, tenant_id: str, job_id: str
+) -> JobPublic:
+    job = get_job(session, tenant_id=tenant_id, job_id=job_id)
+    return to_public(
+        job, retention_days=retention_for(session, settings=settings, tenant_id=tenant_id)
+    )
 
 
 def list_jobs_page(
     session: Session,
     *,
+    settings: Settings,
     tenant_id: str,
     limit: int,
     after: str | None,
@@ -355,7 +387,8 @@ def list_jobs_page(
         created_after=created_after,
     )
     has_more = len(rows) > limit  # the repository reads one row past the page
-    data = [to_public(j) for j in rows[:limit]]
+    days = retention_for(session, settings=settings, tenant_id=tenant_id)
+    data = [to_public(j, retention_days=days) for j in rows[:limit]]
     return Page(data=data, has_more=has_more, next_cursor=data[-1].id if has_more else None)
 
 
@@ -371,7 +404,38 @@ def cancel_job(session: Session, *, tenant_id: str, job_id: str) -> Job:
     return job
 
 
-def to_public(job: Job) -> JobPublic:
+def delete_job(session: Session, *, tenant_id: str, job_id: str) -> Removal:
+    """Remove a finished job's rows (events, metrics, checkpoints, deliveries, artifacts); its
+    stored objects go once the caller has committed. A queued or running job is refused with
+    409 job_active rather than cancelled here: a running job stops only at its next step, and
+    a delete that answered 204 before the worker let go would race the worker's last writes."""
+    job = get_job(session, tenant_id=tenant_id, job_id=job_id, lock="update")
+    if job.status not in TERMINAL:
+        raise AppError(
+            "job_active",
+            f"job '{job_id}' is {job.status}; cancel it first (POST /v1/jobs/{job_id}/cancel) "
+            "and delete it once it has ended",
+            409,
+        )
+    usage.refuse_if_used(
+        session,
+        tenant_id=tenant_id,
+        code="job_in_use",
+        what=f"the checkpoint of job '{job_id}'",
+        uses=lambda other: (other.init_from or {}).get("job") == job.id,
+    )
+    repository.delete_job(session, job.id)
+    return Removal(prefixes=(job_prefix(tenant_id, job.id),))
+
+
+def expires_at(job: Job, retention_days: int | None) -> datetime | None:
+    if retention_days is None or job.finished_at is None or job.status not in TERMINAL:
+        return None
+    return job.finished_at + timedelta(days=retention_days)
+
+
+def to_public(job: Job, *, retention_days: int | None = None) -> JobPublic:
+    """`retention_days`: the tenant's (auth.service.retention_for); None shows no expiry."""
     config = job.config
     total = job.total_steps
     return JobPublic(
@@ -402,6 +466,8 @@ def to_public(job: Job) -> JobPublic:
         created_at=job.created_at,
         started_at=job.started_at,
         finished_at=job.finished_at,
+        expires_at=expires_at(job, retention_days),
+        artifacts_expired_at=job.artifacts_expired_at,
     )
 
 

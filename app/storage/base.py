@@ -80,6 +80,22 @@ class Storage(Protocol):
         ...
 
 
+@dataclass(frozen=True)
+class Removal:
+    """Objects a transaction let go of, removed once it has committed: a rollback then leaves
+    every file its rows name, and a crash between the two leaves an orphan, never a row
+    without its file."""
+
+    keys: tuple[str, ...] = ()
+    prefixes: tuple[str, ...] = ()
+
+    def apply(self, storage: Storage) -> None:
+        for key in self.keys:
+            storage.delete(key)
+        for prefix in self.prefixes:
+            storage.delete_prefix(prefix)
+
+
 def download(storage: Storage, key: str, target: Path) -> Path:
     """Copy one object into a local file (a worker's scratch folder), atomically."""
     target.parent.mkdir(parents=True, exist_ok=True)

@@ -26,5 +26,8 @@ class UploadedModel(Base):
     config: Mapped[dict[str, Any]]
     sha256: Mapped[str] = mapped_column(String(64))
     size_bytes: Mapped[int] = mapped_column(BigInteger)
+    # What storage holds (the unpacked folder as stored), which the quota counts; size_bytes is
+    # the upload's own size.
+    stored_bytes: Mapped[int] = mapped_column(BigInteger, default=0, server_default="0")
     storage_key: Mapped[str] = mapped_column(String(255))
     created_at: Mapped[datetime] = mapped_column(default=utcnow, index=True)

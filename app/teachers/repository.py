@@ -5,6 +5,7 @@ from collections.abc import Sequence
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from app.locks import RowLock, locked
 from app.teachers.models import UploadedModel
 
 
@@ -14,12 +15,18 @@ def add(session: Session, model: UploadedModel) -> UploadedModel:
     return model
 
 
-def get(session: Session, *, tenant_id: str, model_id: str) -> UploadedModel | None:
-    return session.scalar(
-        select(UploadedModel).where(
-            UploadedModel.id == model_id, UploadedModel.tenant_id == tenant_id
-        )
+def get(
+    session: Session, *, tenant_id: str, model_id: str, lock: RowLock = None
+) -> UploadedModel | None:
+    query = select(UploadedModel).where(
+        UploadedModel.id == model_id, UploadedModel.tenant_id == tenant_id
     )
+    return session.scalar(locked(query, lock))
+
+
+def delete(session: Session, model: UploadedModel) -> None:
+    session.delete(model)
+    session.flush()
 
 
 def page(

@@ -2,10 +2,11 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from fastapi import APIRouter, File, UploadFile, status
+import anyio
+from fastapi import APIRouter, File, Response, UploadFile, status
 
 from app.config import get_settings
-from app.deps import IdempotencyKeyHeader, SessionDep, TenantDep
+from app.deps import IdempotencyKeyHeader, SessionDep, TenantDbDep, TenantDep
 from app.openapi import errors
 from app.pagination import AfterQuery, LimitQuery, Page
 from app.storage import get_storage
@@ -70,3 +71,17 @@ def list_models(
 )
 def get_model(model_id: str, session: SessionDep, tenant: TenantDep) -> ModelPublic:
     return service.get_model(session, settings=get_settings(), tenant_id=tenant, model_id=model_id)
+
+
+@router.delete(
+    "/{model_id:path}",
+    status_code=status.HTTP_204_NO_CONTENT,
+    response_class=Response,
+    responses=errors("model_not_found", "model_in_use", "model_not_deletable"),
+)
+async def delete_model(model_id: str, db: TenantDbDep) -> Response:
+    """Delete an uploaded model and its unpacked files. 409 `model_in_use` while a queued or
+    running job reads it; catalog models cannot be deleted."""
+    removal = await db.run(service.delete_model, settings=get_settings(), model_id=model_id)
+    await anyio.to_thread.run_sync(removal.apply, get_storage())  # after the commit
+    return Response(status_code=status.HTTP_204_NO_CONTENT)

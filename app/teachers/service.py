@@ -7,11 +7,14 @@ from pathlib import Path
 
 from sqlalchemy.orm import Session
 
+from app.auth.service import check_storage_quota
 from app.config import Settings
 from app.errors import AppError
 from app.ids import new_id
+from app.jobs import usage
+from app.keys import model_prefix
 from app.pagination import Page
-from app.storage import Storage, check_key
+from app.storage import Removal, Storage, check_key
 from app.teachers import archive, catalog, repository
 from app.teachers.inspect import inspect_folder
 from app.teachers.models import UploadedModel
@@ -23,7 +26,7 @@ def create_model(
     session: Session, *, storage: Storage, settings: Settings, tenant_id: str, upload: SpooledUpload
 ) -> UploadedModel:
     model_id = new_id("mdl")
-    prefix = f"tenants/{tenant_id}/models/{model_id}"
+    prefix = model_prefix(tenant_id, model_id)
     with tempfile.TemporaryDirectory(prefix="distillery-model-") as tmp:
         archive.extract(
             upload.path,
@@ -32,21 +35,15 @@ def create_model(
             max_unpacked_bytes=settings.max_model_unpacked_bytes,
         )
         info = inspect_folder(Path(tmp))
+        files = _model_files(info.root)
+        # The unpacked bytes are what storage will hold: a 200 KiB zip of 200 MiB counts 200 MiB.
+        unpacked = sum(path.stat().st_size for path, _ in files)
+        check_storage_quota(
+            session, settings=settings, tenant_id=tenant_id, incoming_bytes=unpacked
+        )
         try:
-            for path in sorted(p for p in info.root.rglob("*") if p.is_file()):
-                relative = path.relative_to(info.root)
-                if any(part.startswith(".") or part == "__MACOSX" for part in relative.parts):
-                    continue  # .gitattributes, Finder's ._ files: not part of the model
-                try:
-                    check_key(relative.as_posix())
-                except ValueError as exc:
-                    raise AppError(
-                        "model_invalid",
-                        f"archive member {relative.as_posix()!r} has an unusable file name",
-                        422,
-                        field="file",
-                    ) from exc
-                storage.put_file(f"{prefix}/{relative.as_posix()}", path)
+            for path, relative in files:
+                storage.put_file(f"{prefix}/{relative}", path)
             return repository.add(
                 session,
                 UploadedModel(
@@ -62,12 +59,33 @@ def create_model(
                     config=info.config,
                     sha256=upload.sha256,
                     size_bytes=upload.size_bytes,
+                    stored_bytes=unpacked,
                     storage_key=prefix,
                 ),
             )
         except BaseException:
             storage.delete_prefix(prefix)  # no orphan files for a model that was not recorded
             raise
+
+
+def _model_files(root: Path) -> list[tuple[Path, str]]:
+    """(file, its key below the model's prefix) for every file of the model, checked."""
+    files = []
+    for path in sorted(p for p in root.rglob("*") if p.is_file()):
+        relative = path.relative_to(root)
+        if any(part.startswith(".") or part == "__MACOSX" for part in relative.parts):
+            continue  # .gitattributes, Finder's ._ files: not part of the model
+        try:
+            check_key(relative.as_posix())
+        except ValueError as exc:
+            raise AppError(
+                "model_invalid",
+                f"archive member {relative.as_posix()!r} has an unusable file name",
+                422,
+                field="file",
+            ) from exc
+        files.append((path, relative.as_posix()))
+    return files
 
 
 def to_public(model: UploadedModel) -> ModelPublic:
@@ -115,6 +133,33 @@ def get_model(
             if entry.id == catalog.ALIASES.get(model_id, model_id):
                 return entry
     raise AppError("model_not_found", f"no model '{model_id}'", 404)
+
+
+def delete_model(session: Session, *, settings: Settings, tenant_id: str, model_id: str) -> Removal:
+    """Remove an uploaded model's row; its files go once the caller has committed. 409 while a
+    queued or running job reads it (as teacher, student start or augmentation model), and for
+    the catalog's models, which are no tenant's to delete."""
+    if not model_id.startswith("mdl_"):
+        if catalog.resolve(model_id, settings.model_dir) is not None:
+            raise AppError(
+                "model_not_deletable",
+                f"'{model_id}' is a catalog model, shared by every tenant; only uploaded "
+                "models (mdl_…) can be deleted",
+                409,
+            )
+        raise AppError("model_not_found", f"no model '{model_id}'", 404)
+    model = repository.get(session, tenant_id=tenant_id, model_id=model_id, lock="update")
+    if model is None:
+        raise AppError("model_not_found", f"no model '{model_id}'", 404)
+    usage.refuse_if_used(
+        session,
+        tenant_id=tenant_id,
+        code="model_in_use",
+        what=f"model '{model_id}'",
+        uses=lambda job: model.id in usage.models_of(job),
+    )
+    repository.delete(session, model)
+    return Removal(prefixes=(model.storage_key,))
 
 
 def list_models(

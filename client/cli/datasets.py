@@ -1,4 +1,4 @@
-"""`distillery datasets`: upload and list training data."""
+"""`distillery datasets`: upload, list and delete training data."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from client.cli import output
 from client.cli.connection import connect
 from client.cli.options import AfterOpt, AllOpt, JsonOpt, LimitOpt, collect
 
-app = typer.Typer(no_args_is_help=True, help="Upload and list training datasets.")
+app = typer.Typer(no_args_is_help=True, help="Upload, list and delete training datasets.")
 
 
 @app.command("upload")
@@ -73,3 +73,15 @@ def list_(
             output.when(d.created_at),
         )
     output.print_page(rows, page)
+
+
+@app.command("delete")
+def delete(
+    ctx: typer.Context,
+    dataset_id: Annotated[str, typer.Argument(metavar="ID")],
+    as_json: JsonOpt = False,
+) -> None:
+    """Delete a dataset and its stored file; refused while a queued or running job reads it."""
+    with connect(ctx, as_json) as client:
+        deleted = client.delete_dataset(dataset_id)
+    output.print_deleted(deleted, as_json)

@@ -135,6 +135,15 @@ def cancel(ctx: typer.Context, job_id: IdArg, as_json: JsonOpt = False) -> None:
     output.print_job(job)
 
 
+@app.command("delete")
+def delete(ctx: typer.Context, job_id: IdArg, as_json: JsonOpt = False) -> None:
+    """Delete an ended job with its artifacts and checkpoints; a queued or running one must be
+    cancelled first."""
+    with connect(ctx, as_json) as client:
+        deleted = client.delete_job(job_id)
+    output.print_deleted(deleted, as_json)
+
+
 @app.command("watch")
 def watch(
     ctx: typer.Context,

@@ -1,4 +1,4 @@
-"""`distillery models`: upload and list teachers."""
+"""`distillery models`: upload, list and delete teachers."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from client.cli import output
 from client.cli.connection import connect
 from client.cli.options import AfterOpt, AllOpt, JsonOpt, LimitOpt, collect
 
-app = typer.Typer(no_args_is_help=True, help="Upload and list teacher models.")
+app = typer.Typer(no_args_is_help=True, help="Upload, list and delete teacher models.")
 
 
 @app.command("upload")
@@ -70,3 +70,16 @@ def list_(
             output.when(m.created_at),
         )
     output.print_page(rows, page)
+
+
+@app.command("delete")
+def delete(
+    ctx: typer.Context,
+    model_id: Annotated[str, typer.Argument(metavar="ID")],
+    as_json: JsonOpt = False,
+) -> None:
+    """Delete an uploaded model (mdl_…) and its files; refused while a queued or running job
+    reads it."""
+    with connect(ctx, as_json) as client:
+        deleted = client.delete_model(model_id)
+    output.print_deleted(deleted, as_json)

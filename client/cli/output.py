@@ -11,7 +11,7 @@ from pydantic import BaseModel
 from rich.console import Console
 from rich.table import Table
 
-from client.resources import Job, Page
+from client.resources import Deleted, Job, Page
 from contract.vocab import JobStatus
 
 STATUS_STYLE: dict[str, str] = {
@@ -29,6 +29,12 @@ def console(stderr: bool = False) -> Console:
 
 def print_json(obj: BaseModel) -> None:
     typer.echo(json.dumps(obj.model_dump(mode="json"), indent=2))
+
+
+def print_deleted(deleted: Deleted, as_json: bool) -> None:
+    if as_json:
+        return print_json(deleted)
+    console().print(f"deleted {deleted.id}")
 
 
 def print_json_line(obj: BaseModel) -> None:

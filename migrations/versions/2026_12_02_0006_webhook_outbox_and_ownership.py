@@ -6,7 +6,7 @@ message never ran. `jobs.handed_back` counts voluntary hand-backs (SIGTERM), whi
 workers: the attempts cap counts `attempts - handed_back`.
 
 Revision ID: 0006
-Revises: 0004
+Revises: 0005
 Create Date: 2026-12-02
 """
 
@@ -18,7 +18,7 @@ from alembic import op
 import app.db
 
 revision: str = "0006"
-down_revision: str | None = "0004"
+down_revision: str | None = "0005"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 

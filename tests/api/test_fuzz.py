@@ -107,6 +107,9 @@ FOUND: list[tuple[str, str, dict[str, Any]]] = [
     ("GET", "/v1/datasets/ds_%00", {}),
     ("GET", "/v1/models?after=%00", {}),
     ("GET", "/v1/models/mdl_%00", {}),
+    ("DELETE", "/v1/jobs/job_%00", {}),
+    ("DELETE", "/v1/datasets/ds_%00", {}),
+    ("DELETE", "/v1/models/mdl_%00", {}),
     # a body the framework cannot parse: an undocumented 400
     (
         "POST",

@@ -24,3 +24,16 @@ def test_list_all_follows_every_page(made: list[Any], tmp_path: Path) -> None:
     assert {d["id"] for d in page["data"]} >= set(ids)
     assert page["has_more"] is False
     assert f"--after {ids[1]}" in run("datasets", "list", "--limit", "1").stdout
+
+
+def test_datasets_delete_prints_what_it_deleted(made: list[Any], tmp_path: Path) -> None:
+    first = run_json("datasets", "upload", str(unique_dataset(tmp_path)))["id"]
+    second = run_json("datasets", "upload", str(unique_dataset(tmp_path)))["id"]
+    assert run_json("datasets", "delete", first) == {
+        "id": first,
+        "object": "dataset",
+        "deleted": True,
+    }
+    assert f"deleted {second}" in run("datasets", "delete", second).stdout
+    gone = run("datasets", "delete", first, code=1)
+    assert "dataset_not_found" in gone.stderr and "Traceback" not in gone.output

@@ -91,3 +91,18 @@ def test_jobs_download_writes_and_verifies_the_artifact(
     result = run("jobs", "download", job_id, "-o", str(tmp_path))
     assert "sha256 verified" in result.stdout
     assert (tmp_path / "student.zip").read_bytes() == b"PK" * 10
+
+
+def test_jobs_delete_asks_to_cancel_first(
+    made: list[Any], api: DistilleryClient, dataset_id: str
+) -> None:
+    job_id = api.create_job(teacher=HUB_TEACHER, dataset=dataset_id).id
+    refused = run("jobs", "delete", job_id, code=1)
+    assert "job_active" in refused.stderr and "cancel" in refused.stderr
+    run("jobs", "cancel", job_id)
+    assert run_json("jobs", "delete", job_id) == {
+        "id": job_id,
+        "object": "distillation.job",
+        "deleted": True,
+    }
+    assert "job_not_found" in run("jobs", "get", job_id, code=1).stderr

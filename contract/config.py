@@ -192,6 +192,19 @@ class TeacherCacheConfig(_Frozen):
     memory_mb: int = Field(default=2048, ge=0, le=65_536)
 
 
+class CollapseGuardConfig(_Frozen):
+    """After the task stages, a classifier student that predicts one class for more than 95% of
+    the validation rows, where the teacher does not, has collapsed: the job warns and, while
+    rungs and budget remain, runs its task stages again from where the student is, the first of
+    them 2**rung times as long (the collapses measured here were an intermediate stage too short
+    to get past one fixed output: README, "why random starts collapse")."""
+
+    enabled: bool = True
+    max_rungs: int = Field(default=2, ge=0, le=5)
+    # the steps all rungs together may add, as a multiple of the task stages' planned steps
+    budget: float = Field(default=4.0, ge=0.0, le=100.0)
+
+
 class DistillationConfig(_Frozen):
     general: StageConfig = Field(
         default=StageConfig(enabled=False),
@@ -215,6 +228,7 @@ class DistillationConfig(_Frozen):
     weights: LossWeights = LossWeights()
     augmentation: AugmentationConfig = AugmentationConfig()
     teacher_cache: TeacherCacheConfig = TeacherCacheConfig()
+    collapse_guard: CollapseGuardConfig = CollapseGuardConfig()
 
 
 class ExportConfig(_Frozen):

@@ -33,7 +33,7 @@ from app.pagination import Page
 from app.storage import Storage
 from app.teachers import catalog
 from app.teachers import repository as teachers_repository
-from contract.config import DistillConfig, StudentConfig
+from contract.config import DEFAULT_STUDENT_WHY, DistillConfig, StudentConfig
 from contract.vocab import JobStatus, JobStatusName, Task
 
 TASK_FOR_LABELS: dict[str, Task] = {
@@ -148,7 +148,10 @@ def create_job(
     ):
         return replay
     job = _new_job(session, settings=settings, tenant_id=tenant_id, request=request)
-    lifecycle.queue(session, job, data={"task": job.config["task"], "teacher": job.teacher})
+    data = {"task": job.config["task"], "teacher": job.teacher}
+    if "student" not in request.model_fields_set:
+        data["student_choice"] = DEFAULT_STUDENT_WHY
+    lifecycle.queue(session, job, data=data)
     public = to_public(job).model_copy(update={"webhook_secret": job.webhook_secret})
     if idempotency_key:  # the answer a retry replays; without a key nothing needs it
         _answer(session, tenant_id, idempotency_key, 201, public.model_dump(mode="json"))

@@ -13,6 +13,7 @@ from sqlalchemy.orm import Session
 
 from app.config import get_settings
 from app.jobs.models import Job
+from contract.config import DEFAULT_STUDENT_WHY
 from tests.factories import TINY_SENTIMENT, jsonl_bytes, queued_job_ids, zip_folder
 
 
@@ -240,3 +241,21 @@ def test_init_from_needs_a_job_with_a_checkpoint(
         student={"init": "checkpoint", "init_model": "/etc/passwd"},
     ).json()["error"]
     assert error["field"] == "student.init"  # never a path on the worker
+
+
+def test_the_default_student_says_why_it_was_chosen(
+    client: TestClient, dataset_id: str, teacher_id: str
+) -> None:
+    """Issue 11: a job without `student` says in its first event why it got the one it got."""
+
+    def created(**body: Any) -> dict[str, Any]:
+        job = create(client, teacher=teacher_id, dataset=dataset_id, **body).json()
+        events = client.get(f"/v1/jobs/{job['id']}/events").json()["data"]
+        return dict(events[0])
+
+    default = created()
+    assert default["type"] == "job_created"
+    assert default["data"]["student_choice"] == DEFAULT_STUDENT_WHY
+    assert "tinybert-4l-312d" in default["message"] and "bert-2l-128d" in default["message"]
+    chosen = created(student={"preset": "bert-2l-128d"})
+    assert "student_choice" not in chosen["data"] and chosen["message"] == "job queued"

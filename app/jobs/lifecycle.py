@@ -149,7 +149,8 @@ def queue(session: Session, job: Job, *, data: dict[str, Any]) -> Job:
     job.status = MOVES["queue"].target
     job.enqueued_at = utcnow()
     repository.add(session, job)
-    _event(session, job, "job_created", "job queued", data)
+    message = "job queued" + (f"; {data['student_choice']}" if "student_choice" in data else "")
+    _event(session, job, "job_created", message, data)
     outbox.defer(session, outbox.Message(outbox.RUN_JOB_TASK, job.id))
     return job
 

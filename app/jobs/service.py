@@ -35,7 +35,7 @@ from app.pagination import Page
 from app.storage import Removal, Storage
 from app.teachers import catalog
 from app.teachers import repository as teachers_repository
-from contract.config import DistillConfig, StudentConfig
+from contract.config import DEFAULT_STUDENT_WHY, DistillConfig, StudentConfig
 from contract.vocab import TERMINAL, JobStatus, JobStatusName, Task
 
 TASK_FOR_LABELS: dict[str, Task] = {
@@ -153,7 +153,10 @@ def create_job(
     ):
         return _with_secret(session, tenant_id, replay)
     job = _new_job(session, settings=settings, tenant_id=tenant_id, request=request)
-    lifecycle.queue(session, job, data={"task": job.config["task"], "teacher": job.teacher})
+    data = {"task": job.config["task"], "teacher": job.teacher}
+    if "student" not in request.model_fields_set:
+        data["student_choice"] = DEFAULT_STUDENT_WHY
+    lifecycle.queue(session, job, data=data)
     public = to_public(job)
     if idempotency_key:  # the answer a retry replays; without a key nothing needs it
         # without the secret: the key's row keeps the answer for 24 h, the job row keeps the

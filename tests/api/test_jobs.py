@@ -13,6 +13,7 @@ from sqlalchemy.orm import Session
 
 from app.config import get_settings
 from app.jobs.models import Job
+from contract.config import DEFAULT_STUDENT_WHY
 from tests.factories import TINY_SENTIMENT, jsonl_bytes, queued_job_ids, zip_folder
 
 
@@ -340,3 +341,21 @@ def test_idempotent_replay_of_a_webhook_job_keeps_no_secret_but_replays_it(
     assert secret not in json.dumps(stored.response)
     again = client.post("/v1/jobs", json=body, headers={"Idempotency-Key": key})
     assert (again.status_code, again.json()) == (201, first.json())  # the secret included
+
+
+def test_the_default_student_says_why_it_was_chosen(
+    client: TestClient, dataset_id: str, teacher_id: str
+) -> None:
+    """Issue 11: a job without `student` says in its first event why it got the one it got."""
+
+    def created(**body: Any) -> dict[str, Any]:
+        job = create(client, teacher=teacher_id, dataset=dataset_id, **body).json()
+        events = client.get(f"/v1/jobs/{job['id']}/events").json()["data"]
+        return dict(events[0])
+
+    default = created()
+    assert default["type"] == "job_created"
+    assert default["data"]["student_choice"] == DEFAULT_STUDENT_WHY
+    assert "tinybert-4l-312d" in default["message"] and "bert-2l-128d" in default["message"]
+    chosen = created(student={"preset": "bert-2l-128d"})
+    assert "student_choice" not in chosen["data"] and chosen["message"] == "job queued"

@@ -13,8 +13,10 @@ from workers.distill.speed import measure_speed, round_robin, speed_inputs, spee
 
 RUNTIMES = {"pytorch_fp32", "pytorch_bf16", "onnx", "onnx_int8"}
 # Dynamic int8 against the fp32 graph, as a share of the largest fp32 output: measured 1-2% on
-# these random tiny BERTs, whose logits are all close to 0 (so an absolute bound says little).
-INT8_RELATIVE_TOLERANCE = 0.05
+# these random tiny BERTs with earlier onnxruntime releases and 5.3% with 1.32.0 (a fresh install
+# takes the newest: the floors are loose), their logits all close to 0 (so an absolute bound
+# says little). A broken quantisation is off by the output's own size (100%), not by 10%.
+INT8_RELATIVE_TOLERANCE = 0.10
 
 
 @pytest.fixture(scope="module")

@@ -85,6 +85,7 @@ def model_card(
         "encodes them. The teacher's on the same rows; none are estimates.",
         "",
         *speed_table(metrics.get("speed")),
+        *guard_section(metrics.get("collapse_guard")),
         "```json",
         json.dumps(metrics, indent=2, sort_keys=True, default=str),
         "```",
@@ -97,6 +98,26 @@ def model_card(
         "",
     ]
     return "\n".join(lines)
+
+
+def guard_section(guard: dict[str, Any] | None) -> list[str]:
+    """What the collapse guard saw and did; [] when it saw nothing."""
+    if not guard or not guard["history"]:
+        return []
+    lines = ["### Collapse guard", ""]
+    for entry in guard["history"]:
+        after = f"rung {entry['after_rung']}" if entry["after_rung"] else "the task stages"
+        seen = f"predicted {entry['label']!r} for {entry['share']:.0%} of the validation rows"
+        lines.append(f"- After {after} the student {seen}: {GUARD_OUTCOMES[entry['outcome']]}.")
+    lines += ["", f"The rungs added {guard['steps']} optimizer steps.", ""]
+    return lines
+
+
+GUARD_OUTCOMES = {
+    "retry": "collapsed, so the task stages ran again, the first of them longer",
+    "stopped": "collapsed, and no rung or budget was left: this student is that collapsed one",
+    "recovered": "no longer collapsed",
+}
 
 
 RUNTIME_NAMES = {

@@ -16,7 +16,7 @@ from contract.config import DistillConfig
 
 from .callbacks import Reporter, jsonable
 from .checkpoint import teacher_dir
-from .data import Batch, Batches, Encoded, collate, encode
+from .data import Batch, Batches, collate, encode
 from .evaluate import (
     COLLAPSE_SHARE,
     compare,
@@ -27,7 +27,7 @@ from .evaluate import (
     task_metrics,
 )
 from .export import export_hf, export_onnx, model_card, predict_onnx, reload_hf
-from .prepare import Prepared
+from .prepare import Prepared, eval_batches
 from .speed import legacy_latency, mapped_ids, measure_speed
 from .student import Student
 
@@ -51,7 +51,9 @@ def finish(
     workdir: Path,
     device: torch.device,
     report: Reporter,
+    collapse_guard: dict[str, Any] | None = None,
 ) -> RunResult:
+    """`collapse_guard`: what the guard saw and did (guard.py), for metrics.json and the card."""
     config = ready.config
     student.model.train(False)
     ready.teacher.model.train(False)
@@ -63,6 +65,8 @@ def finish(
             "student": count_parameters(student.model),
         },
     }
+    if collapse_guard is not None:
+        metrics["collapse_guard"] = collapse_guard
     export_dir = workdir / "export"
     # Written first, without the card's numbers: the student's numbers are this folder's,
     # reloaded and fed the validation rows through its own tokenizer, as a user would.
@@ -76,7 +80,7 @@ def finish(
             config.task,
             ready.teacher.model,
             exported,
-            _batches(ready, ready.validation, ready.pad_id),
+            eval_batches(ready, ready.validation, ready.pad_id),
             device=device,
             student_validation=exported_rows,
         )
@@ -193,14 +197,7 @@ def _encoded_for(ready: Prepared, tokenizer: PreTrainedTokenizerBase) -> Batches
         task=config.task,
         label2id={name: i for i, name in enumerate(ready.teacher.labels)},
     )
-    return _batches(ready, rows, int(tokenizer.pad_token_id or 0))
-
-
-def _batches(ready: Prepared, rows: list[Encoded], pad_id: int) -> Batches:
-    config = ready.config
-    return Batches(
-        rows, batch_size=config.hyperparameters.batch_size, seed=config.seed, pad_id=pad_id
-    )
+    return eval_batches(ready, rows, int(tokenizer.pad_token_id or 0))
 
 
 def _score_onnx(

@@ -140,6 +140,14 @@ def no_label(task: str) -> int | float:
     return float("nan") if task == "regression" else NO_CLASS
 
 
+def eval_batches(ready: Prepared, rows: list[Encoded], pad_id: int) -> Batches:
+    """`rows` batched for evaluation (read with Batches.in_order)."""
+    config = ready.config
+    return Batches(
+        rows, batch_size=config.hyperparameters.batch_size, seed=config.seed, pad_id=pad_id
+    )
+
+
 @dataclass(frozen=True)
 class PlannedStage:
     name: Stage

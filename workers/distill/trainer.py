@@ -9,6 +9,7 @@
     │   └─ train_stage                   fused AdamW, transformers' scheduler, checkpoints;
     │                                    losses synced and stop polled in bursts (steplog.py);
     │                                    the embedding trained on its used rows (used_rows.py)
+    ├─ a collapsed student               guard.py: the task stages again, longer (a rung)
     └─ finish                            finish.py: evaluation, latency, export, metrics.json
 """
 
@@ -36,6 +37,7 @@ from .callbacks import Callbacks, Event, Progress, Reporter
 from .errors import DistillError, Stopped
 from .features import on_device
 from .finish import RunResult, finish
+from .guard import CollapseGuard
 from .precision import use_bf16
 from .prepare import PlannedStage, Prepared, plan_stages, prepare
 from .steplog import StepLog, StopPoll
@@ -118,21 +120,35 @@ def run(
         pad_id=ready.pad_id,
     )
 
+    guard = CollapseGuard.of(ready, stages, device, report)
+    guard.restore(stages, start)  # a checkpoint inside a rung: the rungs, planned again
+
     student: Student | None = None
-    for index, stage in enumerate(stages):
-        state = resumed if index == start else None
-        if index < start:
-            if stage.name == "teacher_finetune":
-                reload_finetuned(ready.teacher, ckpt.teacher_dir(workdir))
-        elif stage.name == "teacher_finetune":
-            finetune_teacher(loop, index, stage, state=state)
-        else:
-            student = student or new_student(state=state)
-            distill(loop, index, stage, student, state=state)
-    if student is None:  # every stage was done before this process started
-        student = new_student(state=resumed)
+    index = 0
+    while True:
+        while index < len(stages):
+            stage, state = stages[index], resumed if index == start else None
+            if index < start:
+                if stage.name == "teacher_finetune":
+                    reload_finetuned(ready.teacher, ckpt.teacher_dir(workdir))
+            elif stage.name == "teacher_finetune":
+                finetune_teacher(loop, index, stage, state=state)
+            else:
+                student = student or new_student(state=state)
+                distill(loop, index, stage, student, state=state)
+            index += 1
+        if student is None:  # every stage was done before this process started
+            student = new_student(state=resumed)
+        if not guard.retry(stages, student):  # collapsed: the next rung joins `stages`
+            break
     return finish(
-        ready, student, teacher_source=teacher, workdir=workdir, device=device, report=report
+        ready,
+        student,
+        teacher_source=teacher,
+        workdir=workdir,
+        device=device,
+        report=report,
+        collapse_guard=guard.summary() if guard.active else None,
     )
 
 

@@ -56,7 +56,8 @@ MOVES: dict[Transition, Move] = {
     "confirm_cancel": Move(frozenset({_R}), JobStatus.cancelled),
     "succeed": Move(frozenset({_R}), JobStatus.succeeded),
     "fail": Move(frozenset({_Q, _R}), JobStatus.failed),
-    # "delete" (a terminal job -> gone) joins here with retention.
+    # Deleting a job is no move: only a terminal job may go (409 job_active otherwise), and it
+    # leaves no row to hold a status (app/jobs/service.py delete_job).
 }
 
 
